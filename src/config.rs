@@ -1,0 +1,918 @@
+//! Configuration: YAML in agentgateway's shape, checked field by field into a validated [`Config`].
+//!
+//! The file is read as a generic YAML tree and walked by hand, so that every error names the
+//! path of the bad field (`binds[0].listeners[0].routes[0]...`) and all errors are reported at
+//! once rather than the first one only. Unknown fields are errors; fields that a later release
+//! implements are recognised and rejected with "not supported yet", never silently ignored.
+
+use serde_yaml::{Mapping, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Largest accepted request head (request line + headers), bytes.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Largest accepted number of request headers.
+pub const DEFAULT_MAX_HEADERS: usize = 64;
+/// Largest accepted request body (one JSON-RPC message or batch), bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Longest line a stdio child may write (one JSON-RPC message), bytes.
+pub const DEFAULT_MAX_STDIO_LINE: usize = 8 * 1024 * 1024;
+/// A client must deliver a whole request head and body within this time.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// An upstream must answer a request within this time.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// A session with no client activity is ended after this time.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(30 * 60);
+/// An upstream must answer `initialize` within this time.
+pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Maximum simultaneous client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Maximum simultaneous MCP sessions.
+pub const DEFAULT_MAX_SESSIONS: usize = 256;
+/// Maximum requests one session may have in flight.
+pub const DEFAULT_MAX_INFLIGHT: usize = 256;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub binds: Vec<Bind>,
+    pub limits: Limits,
+}
+
+/// Tunables; all have defaults (see the `DEFAULT_*` constants).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    pub max_stdio_line: usize,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub init_timeout: Duration,
+    pub session_ttl: Duration,
+    pub max_connections: usize,
+    pub max_sessions: usize,
+    pub max_inflight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_stdio_line: DEFAULT_MAX_STDIO_LINE,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            init_timeout: DEFAULT_INIT_TIMEOUT,
+            session_ttl: DEFAULT_SESSION_TTL,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Bind {
+    pub addr: SocketAddr,
+    pub listeners: Vec<Listener>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: Option<String>,
+    pub hostname: Option<String>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Option<String>,
+    pub hostnames: Vec<String>,
+    pub matches: Vec<PathMatch>,
+    pub backend: Rc<McpBackend>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Route {
+    /// Whether this route takes a request for `path` (no matches = every path).
+    pub fn matches_path(&self, path: &str) -> bool {
+        self.matches.is_empty()
+            || self.matches.iter().any(|m| match m {
+                PathMatch::Exact(p) => path == p,
+                PathMatch::Prefix(p) => {
+                    path.starts_with(p.as_str())
+                        && (p.ends_with('/')
+                            || path.len() == p.len()
+                            || path.as_bytes().get(p.len()) == Some(&b'/'))
+                }
+            })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefixMode {
+    /// Prefix names only when the backend has two or more targets (agentgateway's default).
+    Conditional,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// A session fails if any target fails to start (the default).
+    FailClosed,
+    /// A session goes on without the targets that failed.
+    FailOpen,
+}
+
+#[derive(Debug, Clone)]
+pub struct McpBackend {
+    pub name: String,
+    pub targets: Vec<Target>,
+    pub prefix_mode: PrefixMode,
+    pub failure_mode: FailureMode,
+}
+
+impl McpBackend {
+    /// Whether names of this backend's targets carry the `<target>_` prefix.
+    pub fn prefixed(&self) -> bool {
+        match self.prefix_mode {
+            PrefixMode::Always => true,
+            PrefixMode::Never => false,
+            PrefixMode::Conditional => self.targets.len() > 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub kind: TargetKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum TargetKind {
+    Stdio(StdioTarget),
+}
+
+#[derive(Debug, Clone)]
+pub struct StdioTarget {
+    pub cmd: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// One problem found in a configuration, with the path of the field at fault.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// All the problems found in one configuration.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &str) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read {path}: {e}"),
+            }])
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let root: Value = serde_yaml::from_str(text).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("invalid YAML: {e}"),
+            }])
+        })?;
+        let mut cx = Checker::default();
+        let cfg = cx.root(&root);
+        if cx.errors.is_empty() {
+            if let Some(cfg) = cfg {
+                return Ok(cfg);
+            }
+            cx.err("", "empty configuration");
+        }
+        Err(ConfigErrors(cx.errors))
+    }
+}
+
+/// Walks the YAML tree, collecting errors.
+#[derive(Default)]
+struct Checker {
+    errors: Vec<ConfigError>,
+}
+
+/// A mapping being read: remembers which keys were used so the rest can be reported.
+struct Obj<'a> {
+    map: &'a Mapping,
+    path: String,
+    used: Vec<&'static str>,
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+impl Checker {
+    fn err(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn obj<'a>(&mut self, v: &'a Value, path: &str) -> Option<Obj<'a>> {
+        match v {
+            Value::Mapping(map) => Some(Obj {
+                map,
+                path: path.to_string(),
+                used: Vec::new(),
+            }),
+            _ => {
+                self.err(path, "expected a mapping");
+                None
+            }
+        }
+    }
+
+    /// Reports keys of `o` that no reader asked for.
+    fn finish(&mut self, o: Obj<'_>) {
+        for k in o.map.keys() {
+            let name = match k {
+                Value::String(s) => s.as_str(),
+                _ => {
+                    self.err(&o.path, "keys must be strings");
+                    continue;
+                }
+            };
+            if !o.used.contains(&name) {
+                self.err(&join(&o.path, name), "unknown field");
+            }
+        }
+    }
+
+    fn get<'a>(&mut self, o: &mut Obj<'a>, key: &'static str) -> Option<&'a Value> {
+        o.used.push(key);
+        match o.map.get(key) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    fn string(&mut self, o: &mut Obj<'_>, key: &'static str) -> Option<String> {
+        let path = join(&o.path, key);
+        match self.get(o, key)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => {
+                self.err(&path, "expected a string");
+                None
+            }
+        }
+    }
+
+    fn required_string(&mut self, o: &mut Obj<'_>, key: &'static str) -> Option<String> {
+        let s = self.string(o, key);
+        if s.is_none() && !self.errors.iter().any(|e| e.path == join(&o.path, key)) {
+            self.err(&join(&o.path, key), "missing");
+        }
+        s
+    }
+
+    fn uint(&mut self, o: &mut Obj<'_>, key: &'static str) -> Option<u64> {
+        let path = join(&o.path, key);
+        match self.get(o, key)? {
+            Value::Number(n) if n.as_u64().is_some() => n.as_u64(),
+            _ => {
+                self.err(&path, "expected a non-negative integer");
+                None
+            }
+        }
+    }
+
+    fn seq<'a>(&mut self, o: &mut Obj<'a>, key: &'static str) -> Vec<(String, &'a Value)> {
+        let path = join(&o.path, key);
+        match self.get(o, key) {
+            None => Vec::new(),
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("{path}[{i}]"), v))
+                .collect(),
+            Some(_) => {
+                self.err(&path, "expected a list");
+                Vec::new()
+            }
+        }
+    }
+
+    fn strings(&mut self, o: &mut Obj<'_>, key: &'static str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (path, v) in self.seq(o, key) {
+            match v {
+                Value::String(s) => out.push(s.clone()),
+                Value::Number(n) => out.push(n.to_string()),
+                Value::Bool(b) => out.push(b.to_string()),
+                _ => self.err(&path, "expected a string"),
+            }
+        }
+        out
+    }
+
+    /// A key that is recognised but belongs to a later release.
+    fn unsupported(&mut self, o: &mut Obj<'_>, key: &'static str) {
+        if self.get(o, key).is_some() {
+            self.err(&join(&o.path, key), "not supported yet");
+        }
+    }
+
+    fn duration(&mut self, o: &mut Obj<'_>, key: &'static str) -> Option<Duration> {
+        let path = join(&o.path, key);
+        let v = self.get(o, key)?;
+        let parsed = match v {
+            Value::Number(n) => n.as_u64().map(Duration::from_secs),
+            Value::String(s) => parse_duration(s),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.err(&path, "expected a duration such as 30s, 500ms, 10m or 1h");
+        }
+        parsed
+    }
+
+    fn root(&mut self, v: &Value) -> Option<Config> {
+        if v.is_null() {
+            return None;
+        }
+        let mut o = self.obj(v, "")?;
+        let mut limits = Limits::default();
+        if let Some(c) = self.get(&mut o, "config") {
+            self.settings(c, "config", &mut limits);
+        }
+        let mut named: Vec<(String, Rc<McpBackend>)> = Vec::new();
+        for (path, b) in self.seq(&mut o, "backends") {
+            if let Some(mut bo) = self.obj(b, &path) {
+                let name = self.required_string(&mut bo, "name");
+                let backend = match self.get(&mut bo, "mcp") {
+                    Some(m) => self.mcp_backend(m, &join(&path, "mcp"), name.clone()),
+                    None => {
+                        self.unsupported(&mut bo, "host");
+                        self.unsupported(&mut bo, "ai");
+                        if !self.errors.iter().any(|e| e.path.starts_with(&path)) {
+                            self.err(&path, "a named backend needs `mcp`");
+                        }
+                        None
+                    }
+                };
+                self.finish(bo);
+                if let (Some(name), Some(b)) = (name, backend) {
+                    if named.iter().any(|(n, _)| *n == name) {
+                        self.err(&join(&path, "name"), format!("duplicate backend name {name:?}"));
+                    }
+                    named.push((name, Rc::new(b)));
+                }
+            }
+        }
+        let mut binds = Vec::new();
+        for (path, b) in self.seq(&mut o, "binds") {
+            if let Some(bind) = self.bind(b, &path, &named) {
+                binds.push(bind);
+            }
+        }
+        if let Some(m) = self.get(&mut o, "mcp") {
+            if let Some(bind) = self.shorthand(m, "mcp") {
+                binds.push(bind);
+            }
+        }
+        self.unsupported(&mut o, "frontendPolicies");
+        self.unsupported(&mut o, "policies");
+        self.unsupported(&mut o, "workloads");
+        self.unsupported(&mut o, "services");
+        self.finish(o);
+        if binds.is_empty() && self.errors.is_empty() {
+            self.err("", "nothing to serve: give `binds` or `mcp`");
+        }
+        let mut seen = HashSet::new();
+        for (i, b) in binds.iter().enumerate() {
+            if b.addr.port() != 0 && !seen.insert(b.addr) {
+                self.err(&format!("binds[{i}].port"), format!("{} is bound twice", b.addr));
+            }
+        }
+        Some(Config { binds, limits })
+    }
+
+    /// mcplex's own settings under the top-level `config:` key.
+    fn settings(&mut self, v: &Value, path: &str, l: &mut Limits) {
+        let Some(mut o) = self.obj(v, path) else {
+            return;
+        };
+        let sizes: [(&'static str, &mut usize); 7] = [
+            ("maxHeaderBytes", &mut l.max_header_bytes),
+            ("maxHeaders", &mut l.max_headers),
+            ("maxBodyBytes", &mut l.max_body_bytes),
+            ("maxStdioLineBytes", &mut l.max_stdio_line),
+            ("maxConnections", &mut l.max_connections),
+            ("maxSessions", &mut l.max_sessions),
+            ("maxInflightPerSession", &mut l.max_inflight),
+        ];
+        for (key, slot) in sizes {
+            if let Some(n) = self.uint(&mut o, key) {
+                if n == 0 {
+                    self.err(&join(path, key), "must be at least 1");
+                } else {
+                    *slot = usize::try_from(n).unwrap_or(usize::MAX);
+                }
+            }
+        }
+        let times: [(&'static str, &mut Duration); 4] = [
+            ("headerTimeout", &mut l.header_timeout),
+            ("requestTimeout", &mut l.request_timeout),
+            ("initTimeout", &mut l.init_timeout),
+            ("sessionTtl", &mut l.session_ttl),
+        ];
+        for (key, slot) in times {
+            if let Some(d) = self.duration(&mut o, key) {
+                *slot = d;
+            }
+        }
+        self.finish(o);
+    }
+
+    fn bind_addr(&mut self, o: &mut Obj<'_>) -> Option<SocketAddr> {
+        let port = match self.uint(o, "port") {
+            Some(p) if p <= u64::from(u16::MAX) => p as u16,
+            Some(_) => {
+                self.err(&join(&o.path, "port"), "must be 0..=65535");
+                return None;
+            }
+            None => {
+                if !self.errors.iter().any(|e| e.path == join(&o.path, "port")) {
+                    self.err(&join(&o.path, "port"), "missing");
+                }
+                return None;
+            }
+        };
+        // Loopback unless the config names an address: an MCP gateway reachable from the network
+        // by accident is a DNS-rebinding and exposure risk (MCP spec, transports/security).
+        let ip = match self.string(o, "address") {
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(s) => match s.parse::<IpAddr>() {
+                Ok(ip) => ip,
+                Err(_) => {
+                    self.err(&join(&o.path, "address"), "expected an IP address");
+                    return None;
+                }
+            },
+        };
+        Some(SocketAddr::new(ip, port))
+    }
+
+    fn bind(&mut self, v: &Value, path: &str, named: &[(String, Rc<McpBackend>)]) -> Option<Bind> {
+        let mut o = self.obj(v, path)?;
+        let addr = self.bind_addr(&mut o);
+        let mut listeners = Vec::new();
+        for (lpath, l) in self.seq(&mut o, "listeners") {
+            if let Some(l) = self.listener(l, &lpath, named) {
+                listeners.push(l);
+            }
+        }
+        self.unsupported(&mut o, "tunnelProtocol");
+        self.finish(o);
+        Some(Bind {
+            addr: addr?,
+            listeners,
+        })
+    }
+
+    fn listener(&mut self, v: &Value, path: &str, named: &[(String, Rc<McpBackend>)]) -> Option<Listener> {
+        let mut o = self.obj(v, path)?;
+        let name = self.string(&mut o, "name");
+        let hostname = self.string(&mut o, "hostname");
+        if let Some(p) = self.string(&mut o, "protocol") {
+            if !p.eq_ignore_ascii_case("http") {
+                self.err(&join(path, "protocol"), format!("{p} is not supported yet (only HTTP)"));
+            }
+        }
+        self.unsupported(&mut o, "tls");
+        self.unsupported(&mut o, "policies");
+        let mut routes = Vec::new();
+        for (rpath, r) in self.seq(&mut o, "routes") {
+            if let Some(r) = self.route(r, &rpath, named) {
+                routes.push(r);
+            }
+        }
+        self.finish(o);
+        Some(Listener {
+            name,
+            hostname,
+            routes,
+        })
+    }
+
+    fn route(&mut self, v: &Value, path: &str, named: &[(String, Rc<McpBackend>)]) -> Option<Route> {
+        let mut o = self.obj(v, path)?;
+        let name = self.string(&mut o, "name");
+        let _rule = self.string(&mut o, "ruleName");
+        let hostnames = self.strings(&mut o, "hostnames");
+        let mut matches = Vec::new();
+        for (mpath, m) in self.seq(&mut o, "matches") {
+            if let Some(mut mo) = self.obj(m, &mpath) {
+                if let Some(p) = self.get(&mut mo, "path") {
+                    if let Some(mut po) = self.obj(p, &join(&mpath, "path")) {
+                        if let Some(s) = self.string(&mut po, "exact") {
+                            matches.push(PathMatch::Exact(s));
+                        }
+                        if let Some(s) = self.string(&mut po, "pathPrefix") {
+                            matches.push(PathMatch::Prefix(s));
+                        }
+                        self.unsupported(&mut po, "regex");
+                        self.finish(po);
+                    }
+                }
+                self.unsupported(&mut mo, "headers");
+                self.unsupported(&mut mo, "method");
+                self.unsupported(&mut mo, "query");
+                self.finish(mo);
+            }
+        }
+        if let Some(p) = self.get(&mut o, "policies") {
+            self.policies(p, &join(path, "policies"));
+        }
+        let mut backends = Vec::new();
+        for (bpath, b) in self.seq(&mut o, "backends") {
+            if let Some(b) = self.route_backend(b, &bpath, named) {
+                backends.push(b);
+            }
+        }
+        self.finish(o);
+        if backends.len() > 1 {
+            self.err(&join(path, "backends"), "more than one backend per route is not supported yet");
+        }
+        let backend = backends.into_iter().next();
+        if backend.is_none() && !self.errors.iter().any(|e| e.path.starts_with(path)) {
+            self.err(&join(path, "backends"), "missing");
+        }
+        Some(Route {
+            name,
+            hostnames,
+            matches,
+            backend: backend?,
+        })
+    }
+
+    fn policies(&mut self, v: &Value, path: &str) {
+        let Some(mut o) = self.obj(v, path) else {
+            return;
+        };
+        for key in [
+            "cors",
+            "backendTLS",
+            "backendAuth",
+            "mcpAuthorization",
+            "mcpAuthentication",
+            "localRateLimit",
+            "requestHeaderModifier",
+            "responseHeaderModifier",
+            "timeout",
+            "retry",
+        ] {
+            self.unsupported(&mut o, key);
+        }
+        self.finish(o);
+    }
+
+    fn route_backend(&mut self, v: &Value, path: &str, named: &[(String, Rc<McpBackend>)]) -> Option<Rc<McpBackend>> {
+        let mut o = self.obj(v, path)?;
+        let _weight = self.uint(&mut o, "weight");
+        let mut out = None;
+        if let Some(m) = self.get(&mut o, "mcp") {
+            out = self.mcp_backend(m, &join(path, "mcp"), None).map(Rc::new);
+        }
+        if let Some(name) = self.string(&mut o, "backend") {
+            match named.iter().find(|(n, _)| *n == name) {
+                Some((_, b)) => out = Some(b.clone()),
+                None => self.err(&join(path, "backend"), format!("no backend named {name:?}")),
+            }
+        }
+        for key in ["host", "service", "ai", "dynamic", "policies"] {
+            self.unsupported(&mut o, key);
+        }
+        let had_errors = self.errors.iter().any(|e| e.path.starts_with(path));
+        self.finish(o);
+        if out.is_none() && !had_errors {
+            self.err(path, "expected `mcp` or `backend`");
+        }
+        out
+    }
+
+    fn mcp_backend(&mut self, v: &Value, path: &str, name: Option<String>) -> Option<McpBackend> {
+        let mut o = self.obj(v, path)?;
+        let backend = self.mcp_body(&mut o, name);
+        self.finish(o);
+        backend
+    }
+
+    /// The fields an `mcp` backend and the shorthand top-level `mcp:` share.
+    fn mcp_body(&mut self, o: &mut Obj<'_>, name: Option<String>) -> Option<McpBackend> {
+        let path = o.path.clone();
+        let prefix_mode = match self.string(o, "prefixMode").as_deref() {
+            None | Some("conditional") | Some("Conditional") => PrefixMode::Conditional,
+            Some("always") | Some("Always") => PrefixMode::Always,
+            Some("never") | Some("Never") => PrefixMode::Never,
+            Some(other) => {
+                self.err(&join(&path, "prefixMode"), format!("{other:?}: expected conditional, always or never"));
+                PrefixMode::Conditional
+            }
+        };
+        let failure_mode = match self.string(o, "failureMode").as_deref() {
+            None | Some("failClosed") | Some("FailClosed") => FailureMode::FailClosed,
+            Some("failOpen") | Some("FailOpen") => FailureMode::FailOpen,
+            Some(other) => {
+                self.err(&join(&path, "failureMode"), format!("{other:?}: expected failClosed or failOpen"));
+                FailureMode::FailClosed
+            }
+        };
+        if let Some(m) = self.string(o, "statefulMode") {
+            if !m.eq_ignore_ascii_case("stateful") {
+                self.err(&join(&path, "statefulMode"), format!("{m:?} is not supported yet (only stateful)"));
+            }
+        }
+        let mut targets = Vec::new();
+        let mut names = HashSet::new();
+        let tpaths = self.seq(o, "targets");
+        if tpaths.is_empty() && !self.errors.iter().any(|e| e.path.starts_with(&join(&path, "targets"))) {
+            self.err(&join(&path, "targets"), "missing (at least one target)");
+        }
+        for (tpath, t) in tpaths {
+            if let Some(t) = self.target(t, &tpath) {
+                if !names.insert(t.name.clone()) {
+                    self.err(&join(&tpath, "name"), format!("duplicate target name {:?}", t.name));
+                }
+                targets.push(t);
+            }
+        }
+        Some(McpBackend {
+            name: name.unwrap_or_else(|| "mcp".to_string()),
+            targets,
+            prefix_mode,
+            failure_mode,
+        })
+    }
+
+    fn target(&mut self, v: &Value, path: &str) -> Option<Target> {
+        let mut o = self.obj(v, path)?;
+        let name = self.required_string(&mut o, "name");
+        if let Some(n) = &name {
+            let npath = join(path, "name");
+            if n.is_empty() {
+                self.err(&npath, "must not be empty");
+            } else if n.contains('_') {
+                self.err(&npath, "must not contain `_` (it separates the target from tool names)");
+            } else if n.contains('+') {
+                self.err(&npath, "must not contain `+` (it separates the target from resource URIs)");
+            }
+        }
+        let mut kind = None;
+        if let Some(s) = self.get(&mut o, "stdio") {
+            kind = self.stdio(s, &join(path, "stdio")).map(TargetKind::Stdio);
+        }
+        for key in ["mcp", "sse", "openapi", "policies"] {
+            self.unsupported(&mut o, key);
+        }
+        let had_errors = self.errors.iter().any(|e| e.path.starts_with(path));
+        self.finish(o);
+        if kind.is_none() && !had_errors {
+            self.err(path, "a target needs `stdio`");
+        }
+        Some(Target {
+            name: name?,
+            kind: kind?,
+        })
+    }
+
+    fn stdio(&mut self, v: &Value, path: &str) -> Option<StdioTarget> {
+        let mut o = self.obj(v, path)?;
+        let cmd = self.required_string(&mut o, "cmd");
+        if cmd.as_deref() == Some("") {
+            self.err(&join(path, "cmd"), "must not be empty");
+        }
+        let args = self.strings(&mut o, "args");
+        let mut env = BTreeMap::new();
+        if let Some(e) = self.get(&mut o, "env") {
+            let epath = join(path, "env");
+            match e {
+                Value::Mapping(m) => {
+                    for (k, v) in m {
+                        let key = match k {
+                            Value::String(s) => s.clone(),
+                            _ => {
+                                self.err(&epath, "keys must be strings");
+                                continue;
+                            }
+                        };
+                        let val = match v {
+                            Value::String(s) => s.clone(),
+                            Value::Number(n) => n.to_string(),
+                            Value::Bool(b) => b.to_string(),
+                            _ => {
+                                self.err(&join(&epath, &key), "expected a string");
+                                continue;
+                            }
+                        };
+                        env.insert(key, val);
+                    }
+                }
+                _ => self.err(&epath, "expected a mapping"),
+            }
+        }
+        self.finish(o);
+        Some(StdioTarget { cmd: cmd?, args, env })
+    }
+
+    /// `mcp: {port, targets, policies, ...}` at the top level: one bind serving one backend.
+    fn shorthand(&mut self, v: &Value, path: &str) -> Option<Bind> {
+        let mut o = self.obj(v, path)?;
+        let addr = self.bind_addr(&mut o);
+        if let Some(p) = self.get(&mut o, "policies") {
+            self.policies(p, &join(path, "policies"));
+        }
+        let backend = self.mcp_body(&mut o, None);
+        self.finish(o);
+        Some(Bind {
+            addr: addr?,
+            listeners: vec![Listener {
+                name: None,
+                hostname: None,
+                routes: vec![Route {
+                    name: None,
+                    hostnames: Vec::new(),
+                    matches: Vec::new(),
+                    backend: Rc::new(backend?),
+                }],
+            }],
+        })
+    }
+}
+
+/// Parses `250ms`, `30s`, `10m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit.trim() {
+        "" | "s" => Some(Duration::from_secs(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::parse(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn shorthand_form() {
+        let c = Config::parse("mcp:\n  port: 3000\n  targets:\n  - name: demo\n    stdio: {cmd: mcplex-demo}\n")
+            .expect("valid");
+        assert_eq!(c.binds.len(), 1);
+        assert_eq!(c.binds[0].addr.to_string(), "127.0.0.1:3000");
+        let b = &c.binds[0].listeners[0].routes[0].backend;
+        assert_eq!(b.targets[0].name, "demo");
+        assert!(!b.prefixed());
+    }
+
+    #[test]
+    fn full_form_with_named_backend() {
+        let text = r#"
+binds:
+- port: 3000
+  listeners:
+  - routes:
+    - matches: [{path: {pathPrefix: /}}]
+      backends: [{backend: tools}]
+backends:
+- name: tools
+  mcp:
+    prefixMode: always
+    targets:
+    - name: a
+      stdio: {cmd: a, args: [x, 1], env: {K: v}}
+"#;
+        let c = Config::parse(text).expect("valid");
+        let r = &c.binds[0].listeners[0].routes[0];
+        assert!(r.backend.prefixed());
+        assert!(r.matches_path("/mcp"));
+        let TargetKind::Stdio(s) = &r.backend.targets[0].kind;
+        assert_eq!(s.args, vec!["x", "1"]);
+        assert_eq!(s.env.get("K").map(String::as_str), Some("v"));
+    }
+
+    #[test]
+    fn errors_name_paths_and_are_all_reported() {
+        let text = r#"
+binds:
+- port: 3000
+  listeners:
+  - routes:
+    - backends:
+      - mcp:
+          targets:
+          - name: ok
+            stdio: {cmd: x}
+          - name: bad_name
+            stdio: {args: []}
+          - name: ok
+            stdio: {cmd: y}
+            bogus: 1
+"#;
+        let errs = errors(text);
+        let p = "binds[0].listeners[0].routes[0].backends[0].mcp.targets";
+        assert!(errs.contains(&format!("{p}[1].stdio.cmd: missing")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with(&format!("{p}[1].name: must not contain"))), "{errs:?}");
+        assert!(errs.contains(&format!("{p}[2].bogus: unknown field")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with(&format!("{p}[2].name: duplicate"))), "{errs:?}");
+    }
+
+    #[test]
+    fn later_features_are_rejected_not_ignored() {
+        let text = "mcp:\n  port: 1\n  policies: {cors: {allowOrigins: ['*']}}\n  targets:\n  - name: r\n    mcp: {host: 'http://x/mcp'}\n";
+        let errs = errors(text);
+        assert!(errs.contains(&"mcp.policies.cors: not supported yet".to_string()), "{errs:?}");
+        assert!(errs.contains(&"mcp.targets[0].mcp: not supported yet".to_string()), "{errs:?}");
+    }
+
+    #[test]
+    fn settings_and_durations() {
+        let c = Config::parse(
+            "config: {sessionTtl: 5m, maxBodyBytes: 100, requestTimeout: 1500ms}\nmcp:\n  port: 0\n  targets: [{name: a, stdio: {cmd: a}}]\n",
+        )
+        .expect("valid");
+        assert_eq!(c.limits.session_ttl, Duration::from_secs(300));
+        assert_eq!(c.limits.max_body_bytes, 100);
+        assert_eq!(c.limits.request_timeout, Duration::from_millis(1500));
+        assert!(parse_duration("10x").is_none());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for text in ["", "- 1", "binds: 3", "mcp: {port: -1}", "binds: [{port: 99999}]", ":\n:"] {
+            assert!(Config::parse(text).is_err(), "{text:?}");
+        }
+    }
+}

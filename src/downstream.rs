@@ -1,0 +1,215 @@
+//! A client connection: buffers, non-blocking reads and writes, and the response shapes
+//! (whole, or a chunked SSE stream). What a request *means* is decided by the event loop.
+
+use crate::http::{response, sse};
+use mio::net::TcpStream;
+use serde_json::Value;
+use std::io::{ErrorKind, Read, Write};
+use std::time::Instant;
+
+/// One POST in flight: the client requests it carried that still wait for an answer.
+#[derive(Debug)]
+pub struct Exchange {
+    pub session: u64,
+    /// Answers still to come.
+    pub remaining: usize,
+    /// The body was a JSON array: answer with an array (JSON mode).
+    pub batch: bool,
+    /// The response became an SSE stream (something had to be sent before the answer).
+    pub streaming: bool,
+    /// Answers gathered for a JSON-mode reply.
+    pub collected: Vec<Value>,
+    /// `Mcp-Session-Id` to put on the reply (set by `initialize`).
+    pub session_header: Option<String>,
+    /// The request asked to close the connection afterwards.
+    pub keep_alive: bool,
+}
+
+#[derive(Debug)]
+pub enum ConnState {
+    /// Reading the next request.
+    Idle,
+    /// A POST waiting for upstream answers.
+    Exchange(Exchange),
+    /// The session's GET stream (server-to-client messages).
+    Stream { session: u64 },
+}
+
+/// What a read found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadResult {
+    Open,
+    /// The buffer is full: stop reading until it drains.
+    Full,
+    Closed,
+}
+
+pub struct Conn {
+    pub sock: TcpStream,
+    pub bind: usize,
+    pub rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    pub state: ConnState,
+    /// Close once the write buffer drains.
+    pub closing: bool,
+    /// Reading stopped because `rbuf` is full.
+    pub paused: bool,
+    /// The peer has closed its side.
+    pub eof: bool,
+    /// When the first byte of the request being read arrived (slow-client timeout).
+    pub request_started: Option<Instant>,
+    /// The response being streamed uses chunked framing (HTTP/1.1 peer).
+    pub chunked: bool,
+    /// Last readiness event (idle keep-alive timeout).
+    pub last_active: Instant,
+    /// Last bytes queued on a GET stream (keep-alive comments).
+    pub last_write: Instant,
+}
+
+impl Conn {
+    pub fn new(sock: TcpStream, bind: usize) -> Conn {
+        Conn {
+            sock,
+            bind,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            wpos: 0,
+            state: ConnState::Idle,
+            closing: false,
+            paused: false,
+            eof: false,
+            request_started: None,
+            chunked: true,
+            last_active: Instant::now(),
+            last_write: Instant::now(),
+        }
+    }
+
+    /// Reads until `WouldBlock`, EOF or `limit` buffered bytes.
+    pub fn read(&mut self, limit: usize) -> ReadResult {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if self.rbuf.len() >= limit {
+                self.paused = true;
+                return ReadResult::Full;
+            }
+            let room = (limit - self.rbuf.len()).min(buf.len());
+            match self.sock.read(&mut buf[..room]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return ReadResult::Closed;
+                }
+                Ok(n) => {
+                    if self.rbuf.is_empty() && self.request_started.is_none() {
+                        self.request_started = Some(Instant::now());
+                    }
+                    self.rbuf.extend_from_slice(&buf[..n]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.paused = false;
+                    return ReadResult::Open;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.eof = true;
+                    return ReadResult::Closed;
+                }
+            }
+        }
+    }
+
+    /// Writes buffered bytes until done or `WouldBlock`. Err: the peer is gone.
+    pub fn flush(&mut self) -> Result<(), ()> {
+        while self.wpos < self.wbuf.len() {
+            match self.sock.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => return Err(()),
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Err(()),
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        } else if self.wpos > 64 * 1024 {
+            self.wbuf.drain(..self.wpos);
+            self.wpos = 0;
+        }
+        Ok(())
+    }
+
+    /// Bytes accepted for writing but not yet written.
+    pub fn unwritten(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.wpos == self.wbuf.len()
+    }
+
+    /// Queues a whole response.
+    pub fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], keep_alive: bool) {
+        response::write_full(&mut self.wbuf, status, headers, body, keep_alive);
+        if !keep_alive {
+            self.closing = true;
+        }
+    }
+
+    /// Queues a short plain-text error response.
+    pub fn respond_text(&mut self, status: u16, text: &str, keep_alive: bool) {
+        self.respond(status, &[("Content-Type", "text/plain; charset=utf-8")], text.as_bytes(), keep_alive);
+    }
+
+    /// Queues a JSON response.
+    pub fn respond_json(&mut self, status: u16, extra: &[(&str, &str)], body: &Value, keep_alive: bool) {
+        let mut headers = vec![("Content-Type", "application/json")];
+        headers.extend_from_slice(extra);
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        self.respond(status, &headers, &bytes, keep_alive);
+    }
+
+    /// Starts an SSE response (chunked for HTTP/1.1 peers, close-delimited for HTTP/1.0).
+    pub fn start_sse(&mut self, extra: &[(&str, &str)], chunked: bool) {
+        let mut headers = vec![("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")];
+        headers.extend_from_slice(extra);
+        response::write_stream_head(&mut self.wbuf, 200, &headers, chunked);
+        self.chunked = chunked;
+        if !chunked {
+            self.closing = true;
+        }
+    }
+
+    /// Queues one `event: message` carrying a JSON-RPC message.
+    pub fn sse_message(&mut self, msg: &Value) {
+        let data = serde_json::to_string(msg).unwrap_or_default();
+        let mut ev = Vec::with_capacity(data.len() + 24);
+        sse::encode(&mut ev, Some("message"), None, &data);
+        self.stream_bytes(&ev);
+    }
+
+    /// Queues an SSE comment (keep-alive).
+    pub fn sse_comment(&mut self, text: &str) {
+        let mut ev = Vec::new();
+        sse::encode_comment(&mut ev, text);
+        self.stream_bytes(&ev);
+    }
+
+    fn stream_bytes(&mut self, bytes: &[u8]) {
+        if self.chunked {
+            response::write_chunk(&mut self.wbuf, bytes);
+        } else {
+            self.wbuf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Ends a streamed response; a close-delimited one ends by closing.
+    pub fn end_stream(&mut self) {
+        if self.chunked {
+            response::write_last_chunk(&mut self.wbuf);
+        } else {
+            self.closing = true;
+        }
+    }
+}

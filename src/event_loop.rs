@@ -1,0 +1,1557 @@
+//! The gateway: one thread, one `mio::Poll` owning every source (listeners, client connections,
+//! child pipes, the signal socket). Each readiness event is dispatched by token to its owner;
+//! timers run off the same loop, with the earliest deadline as the poll timeout.
+
+use crate::config::{Config, FailureMode, McpBackend, Route, TargetKind};
+use crate::downstream::{Conn, ConnState, Exchange, ReadResult};
+use crate::http::parse::{parse_request, Limits as HttpLimits, Request};
+use crate::http::Status;
+use crate::jsonrpc::{self, Kind};
+use crate::log;
+use crate::log::short_id;
+use crate::mcp::aggregate::{self, Part};
+use crate::mcp::route::Dest;
+use crate::mcp::session::{new_session_id, Call, CallKind, Phase, Session, TargetSlot, TargetState};
+use crate::mcp::{self, DEFAULT_HEADER_VERSION};
+use crate::signals::Signals;
+use crate::timer::Timers;
+use crate::upstream::stdio::{ReadOutcome, StdioChild};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::process::Child;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// How often the sweep runs: slow-client and idle checks, stream keep-alives, reaping.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// An idle keep-alive connection with no request in progress is closed after this.
+const IDLE_CONN_TIMEOUT: Duration = Duration::from_secs(300);
+/// A GET stream gets a comment line after this much silence, so proxies keep it open.
+const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
+/// A child whose stdin was closed gets this long to exit before it is killed.
+const CHILD_GRACE: Duration = Duration::from_secs(2);
+/// On shutdown, children get this long to exit on stdin EOF before they are killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1200);
+
+const SIGNAL_TOKEN: Token = Token(0);
+
+/// Who owns a token.
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Listener(usize),
+    Conn,
+    ChildIn(u64, usize),
+    ChildOut(u64, usize),
+    ChildErr(u64, usize),
+    Signal,
+}
+
+#[derive(Debug)]
+enum Timer {
+    Sweep,
+    /// An upstream call that may have timed out.
+    Call(u64, u64),
+}
+
+/// A child on its way out: stdin closed, killed at `kill_at` if still running.
+struct Dying {
+    child: Child,
+    kill_at: Instant,
+}
+
+pub struct Gateway {
+    poll: Poll,
+    cfg: Config,
+    listeners: Vec<Option<TcpListener>>,
+    pub local_addrs: Vec<SocketAddr>,
+    owners: HashMap<Token, Owner>,
+    next_token: usize,
+    conns: HashMap<usize, Conn>,
+    sessions: HashMap<u64, Session>,
+    session_ids: HashMap<String, u64>,
+    next_session: u64,
+    timers: Timers<Timer>,
+    signals: Signals,
+    dying: Vec<Dying>,
+    /// Connections to revisit after the current event (buffered pipelined requests).
+    wake: Vec<usize>,
+    http_limits: HttpLimits,
+    read_limit: usize,
+}
+
+/// Where a server-to-client message should go.
+enum Hint {
+    Call(u64),
+    Target(usize),
+}
+
+impl Gateway {
+    /// Binds every listener and installs signal handling.
+    pub fn new(cfg: Config) -> io::Result<Gateway> {
+        let poll = Poll::new()?;
+        let mut signals = Signals::install()?;
+        poll.registry()
+            .register(&mut signals.receiver, SIGNAL_TOKEN, Interest::READABLE)?;
+        let mut owners = HashMap::new();
+        owners.insert(SIGNAL_TOKEN, Owner::Signal);
+        let mut listeners = Vec::new();
+        let mut local_addrs = Vec::new();
+        let mut next_token = 1;
+        for (i, b) in cfg.binds.iter().enumerate() {
+            let mut l = TcpListener::bind(b.addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", b.addr)))?;
+            let token = Token(next_token);
+            next_token += 1;
+            poll.registry().register(&mut l, token, Interest::READABLE)?;
+            owners.insert(token, Owner::Listener(i));
+            local_addrs.push(l.local_addr()?);
+            listeners.push(Some(l));
+        }
+        let l = &cfg.limits;
+        let http_limits = HttpLimits {
+            max_head: l.max_header_bytes,
+            max_headers: l.max_headers,
+            max_body: l.max_body_bytes,
+        };
+        let read_limit = l.max_header_bytes + l.max_body_bytes + 64 * 1024;
+        let mut timers = Timers::default();
+        timers.add(Instant::now() + SWEEP_EVERY, Timer::Sweep);
+        Ok(Gateway {
+            poll,
+            cfg,
+            listeners,
+            local_addrs,
+            owners,
+            next_token,
+            conns: HashMap::new(),
+            sessions: HashMap::new(),
+            session_ids: HashMap::new(),
+            next_session: 1,
+            timers,
+            signals,
+            dying: Vec::new(),
+            wake: Vec::new(),
+            http_limits,
+            read_limit,
+        })
+    }
+
+    fn token(&mut self, owner: Owner) -> Token {
+        // Tokens are never reused, so a late event for a closed source finds no owner.
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        self.owners.insert(t, owner);
+        t
+    }
+
+    /// Runs until SIGINT/SIGTERM, then shuts down cleanly.
+    pub fn run(&mut self) -> io::Result<()> {
+        for a in &self.local_addrs {
+            log!("listening on {a}");
+        }
+        let mut events = Events::with_capacity(1024);
+        let mut ready = Vec::with_capacity(1024);
+        loop {
+            let timeout = self.timers.next_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            ready.clear();
+            ready.extend(events.iter().map(|e| {
+                (
+                    e.token(),
+                    e.is_readable() || e.is_read_closed() || e.is_error(),
+                    e.is_writable() || e.is_write_closed() || e.is_error(),
+                )
+            }));
+            for &(token, readable, writable) in &ready {
+                let Some(owner) = self.owners.get(&token).copied() else {
+                    continue;
+                };
+                match owner {
+                    Owner::Signal => {
+                        let p = self.signals.take();
+                        if p.child_exited {
+                            self.reap();
+                        }
+                        if p.reload {
+                            log!("SIGHUP: configuration reload is not supported yet; ignored");
+                        }
+                        if p.shutdown {
+                            self.shutdown();
+                            return Ok(());
+                        }
+                    }
+                    Owner::Listener(i) => self.accept(i),
+                    Owner::Conn => self.conn_ready(token.0, readable, writable),
+                    Owner::ChildIn(sk, t) => self.child_writable(sk, t),
+                    Owner::ChildOut(sk, t) => self.child_stdout(sk, t),
+                    Owner::ChildErr(sk, t) => self.child_stderr(sk, t),
+                }
+                self.run_wakes();
+            }
+            let now = Instant::now();
+            while let Some(t) = self.timers.pop_expired(now) {
+                match t {
+                    Timer::Sweep => {
+                        self.sweep(now);
+                        self.timers.add(now + SWEEP_EVERY, Timer::Sweep);
+                    }
+                    Timer::Call(sk, call) => self.call_timeout(sk, call),
+                }
+                self.run_wakes();
+            }
+        }
+    }
+
+    fn run_wakes(&mut self) {
+        while let Some(id) = self.wake.pop() {
+            self.process_conn(id);
+        }
+    }
+
+    // ---- client connections -------------------------------------------------------------
+
+    fn accept(&mut self, i: usize) {
+        loop {
+            let Some(Some(l)) = self.listeners.get(i) else {
+                return;
+            };
+            match l.accept() {
+                Ok((sock, _peer)) => self.add_conn(sock, i),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: log and try again on the next readiness event.
+                    log!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_conn(&mut self, mut sock: TcpStream, bind: usize) {
+        let _ = sock.set_nodelay(true);
+        if self.conns.len() >= self.cfg.limits.max_connections {
+            // Over the limit: refuse politely; the write is best-effort on a fresh socket.
+            let mut c = Conn::new(sock, bind);
+            c.respond_text(503, "too many connections\n", false);
+            let _ = c.flush();
+            return;
+        }
+        let token = self.token(Owner::Conn);
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            log!("cannot register connection: {e}");
+            self.owners.remove(&token);
+            return;
+        }
+        self.conns.insert(token.0, Conn::new(sock, bind));
+    }
+
+    fn conn_ready(&mut self, id: usize, readable: bool, writable: bool) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.last_active = Instant::now();
+        if writable && c.flush().is_err() {
+            self.close_conn(id);
+            return;
+        }
+        if readable && !c.paused {
+            c.read(self.read_limit);
+        }
+        self.process_conn(id);
+    }
+
+    /// Parses and handles buffered requests while the connection is idle, then flushes, and
+    /// closes it when it is done.
+    fn process_conn(&mut self, id: usize) {
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if !matches!(c.state, ConnState::Idle) || c.closing {
+                break;
+            }
+            match parse_request(&c.rbuf, &self.http_limits) {
+                Ok(Status::Complete(req, n)) => {
+                    c.rbuf.drain(..n);
+                    c.request_started = (!c.rbuf.is_empty()).then(Instant::now);
+                    self.handle_request(id, req);
+                }
+                Ok(Status::Partial) => {
+                    // Reading stopped while a previous answer was pending: resume it now
+                    // (edge-triggered readiness will not report bytes already waiting).
+                    if c.paused && !c.eof && c.rbuf.len() < self.read_limit {
+                        if c.read(self.read_limit) == ReadResult::Full {
+                            break;
+                        }
+                        continue;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    log!("bad request from client: {e}");
+                    c.rbuf.clear();
+                    c.respond_text(e.status(), &format!("{e}\n"), false);
+                    break;
+                }
+            }
+        }
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.flush().is_err() {
+            self.close_conn(id);
+            return;
+        }
+        let idle = matches!(c.state, ConnState::Idle);
+        if (c.closing && c.is_drained() && !matches!(c.state, ConnState::Exchange(_))) || (c.eof && (idle || !c.is_drained()))
+        {
+            self.close_conn(id);
+        } else if c.eof && !idle {
+            // The client went away while it was waiting or streaming.
+            self.close_conn(id);
+        }
+    }
+
+    fn close_conn(&mut self, id: usize) {
+        let Some(mut c) = self.conns.remove(&id) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut c.sock);
+        self.owners.remove(&Token(id));
+        match c.state {
+            ConnState::Stream { session } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    if s.get_stream == Some(id) {
+                        s.get_stream = None;
+                    }
+                }
+            }
+            ConnState::Exchange(ex) => {
+                // The client gave up on its requests: cancel them upstream.
+                if let Some(s) = self.sessions.get_mut(&ex.session) {
+                    let orphaned: Vec<u64> = s
+                        .calls
+                        .iter()
+                        .filter(|(_, c)| c.conn == Some(id))
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for call in orphaned {
+                        self.cancel_call(ex.session, call, "client disconnected");
+                    }
+                }
+            }
+            ConnState::Idle => {}
+        }
+    }
+
+    fn handle_request(&mut self, id: usize, req: Request) {
+        let keep_alive = req.keep_alive();
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let bind = &self.cfg.binds[c.bind];
+        if let Err(why) = check_origin(&req, bind.addr) {
+            log!("refused {} {}: {why}", req.method, req.path);
+            c.respond_text(403, &format!("{why}\n"), keep_alive);
+            return;
+        }
+        let host = req.header("host").map(strip_port).unwrap_or("");
+        let Some(route) = find_route(bind, host, &req.path) else {
+            c.respond_text(404, "no route\n", keep_alive);
+            return;
+        };
+        let backend = Rc::clone(&route.backend);
+        let p = req.path.as_str();
+        if p.ends_with("/sse") || p.ends_with("/message") || p.ends_with("/messages") {
+            c.respond_text(404, "the legacy HTTP+SSE transport is not supported yet; use /mcp\n", keep_alive);
+            return;
+        }
+        match req.method.as_str() {
+            "POST" => self.post(id, req, backend, keep_alive),
+            "GET" => self.open_stream(id, req, keep_alive),
+            "DELETE" => self.delete(id, req, keep_alive),
+            _ => c.respond(
+                405,
+                &[("Allow", "GET, POST, DELETE"), ("Content-Type", "text/plain")],
+                b"method not allowed\n",
+                keep_alive,
+            ),
+        }
+    }
+
+    /// Looks up the request's session: Err is the HTTP status and message to answer with.
+    fn session_of(&self, req: &Request) -> Result<u64, (u16, &'static str)> {
+        let Some(sid) = req.header("mcp-session-id") else {
+            return Err((400, "Bad Request: Mcp-Session-Id header is required"));
+        };
+        let Some(&sk) = self.session_ids.get(sid) else {
+            return Err((404, "Session not found"));
+        };
+        if let (Some(v), Some(s)) = (req.header("mcp-protocol-version"), self.sessions.get(&sk)) {
+            if !mcp::is_supported(v) {
+                return Err((400, "Bad Request: Unsupported MCP-Protocol-Version"));
+            }
+            if v != s.version && !(v == DEFAULT_HEADER_VERSION && s.version == "2024-11-05") {
+                return Err((400, "Bad Request: MCP-Protocol-Version does not match the session"));
+            }
+        }
+        Ok(sk)
+    }
+
+    fn post(&mut self, id: usize, req: Request, backend: Rc<McpBackend>, keep_alive: bool) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let ctype = req.header("content-type").unwrap_or("");
+        if !media_type_is(ctype, "application/json") {
+            c.respond_text(415, "Content-Type must be application/json\n", keep_alive);
+            return;
+        }
+        if !accepts(&req, "application/json") || !accepts(&req, "text/event-stream") {
+            c.respond_text(406, "Accept must include application/json and text/event-stream\n", keep_alive);
+            return;
+        }
+        let body = match jsonrpc::parse_body(&req.body) {
+            Ok(b) => b,
+            Err(e) => {
+                c.respond_json(400, &[], &e, keep_alive);
+                return;
+            }
+        };
+        let init = body.messages.iter().position(|m| jsonrpc::method(m) == "initialize" && m.get("id").is_some());
+        if let Some(i) = init {
+            if body.messages.len() > 1 {
+                let e = jsonrpc::error(Value::Null, jsonrpc::INVALID_REQUEST, "initialize must be sent alone");
+                c.respond_json(400, &[], &e, keep_alive);
+                return;
+            }
+            let msg = body.messages.into_iter().nth(i).unwrap_or_default();
+            self.begin_session(id, msg, backend, req.minor_version > 0, keep_alive);
+            return;
+        }
+        let sk = match self.session_of(&req) {
+            Ok(sk) => sk,
+            Err((status, why)) => {
+                let e = jsonrpc::error(Value::Null, jsonrpc::INVALID_REQUEST, why);
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.respond_json(status, &[], &e, keep_alive);
+                }
+                return;
+            }
+        };
+        if let Some(s) = self.sessions.get_mut(&sk) {
+            s.last_active = Instant::now();
+        }
+        let mut errors = Vec::new();
+        let mut valid = Vec::new();
+        for m in body.messages {
+            match jsonrpc::classify(&m) {
+                Ok(kind) => valid.push((kind, m)),
+                Err(why) => {
+                    let id = m.get("id").filter(|i| i.is_string() || i.is_number()).cloned();
+                    errors.push(jsonrpc::error(id.unwrap_or(Value::Null), jsonrpc::INVALID_REQUEST, why));
+                }
+            }
+        }
+        let requests = valid.iter().filter(|(k, _)| *k == Kind::Request).count();
+        if requests == 0 {
+            for (kind, m) in valid {
+                self.client_message(sk, id, kind, m);
+            }
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if errors.is_empty() {
+                c.respond(202, &[], b"", keep_alive);
+            } else {
+                let body = if body.batch { Value::Array(errors) } else { errors.remove(0) };
+                c.respond_json(400, &[], &body, keep_alive);
+            }
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.state = ConnState::Exchange(Exchange {
+            session: sk,
+            remaining: requests,
+            batch: body.batch,
+            streaming: false,
+            collected: errors,
+            session_header: None,
+            keep_alive,
+        });
+        c.chunked = req.minor_version > 0;
+        for (kind, m) in valid {
+            self.client_message(sk, id, kind, m);
+        }
+    }
+
+    fn open_stream(&mut self, id: usize, req: Request, keep_alive: bool) {
+        let sk = match self.session_of(&req) {
+            Ok(sk) => sk,
+            Err((status, why)) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.respond_text(status, &format!("{why}\n"), keep_alive);
+                }
+                return;
+            }
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !accepts(&req, "text/event-stream") {
+            c.respond_text(406, "Accept must include text/event-stream\n", keep_alive);
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        if s.get_stream.is_some() {
+            c.respond_text(409, "this session already has a GET stream\n", keep_alive);
+            return;
+        }
+        s.get_stream = Some(id);
+        s.last_active = Instant::now();
+        c.state = ConnState::Stream { session: sk };
+        c.start_sse(&[], req.minor_version > 0);
+        while let Some(m) = s.backlog.pop_front() {
+            c.sse_message(&m);
+        }
+        c.last_write = Instant::now();
+    }
+
+    fn delete(&mut self, id: usize, req: Request, keep_alive: bool) {
+        match self.session_of(&req) {
+            Ok(sk) => {
+                self.end_session(sk, "deleted by the client");
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.respond(200, &[], b"", keep_alive);
+                }
+            }
+            Err((status, why)) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.respond_text(status, &format!("{why}\n"), keep_alive);
+                }
+            }
+        }
+    }
+
+    // ---- sessions ------------------------------------------------------------------------
+
+    fn begin_session(&mut self, id: usize, msg: Value, backend: Rc<McpBackend>, chunked: bool, keep_alive: bool) {
+        let client_id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let refuse = |gw: &mut Gateway, code: i64, why: &str| {
+            if let Some(c) = gw.conns.get_mut(&id) {
+                c.respond_json(200, &[], &jsonrpc::error(client_id.clone(), code, why), keep_alive);
+            }
+        };
+        if jsonrpc::classify(&msg).is_err() {
+            return refuse(self, jsonrpc::INVALID_REQUEST, "invalid initialize request");
+        }
+        if self.sessions.len() >= self.cfg.limits.max_sessions {
+            return refuse(self, jsonrpc::UPSTREAM_ERROR, "too many sessions");
+        }
+        let sid = match new_session_id() {
+            Ok(s) => s,
+            Err(e) => return refuse(self, jsonrpc::INTERNAL_ERROR, &format!("cannot create a session id: {e}")),
+        };
+        let mut params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
+        let asked = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
+        let version = if mcp::is_supported(asked) { asked } else { mcp::LATEST_VERSION }.to_string();
+        params["protocolVersion"] = Value::String(version.clone());
+        let sk = self.next_session;
+        self.next_session += 1;
+        let mut s = Session::new(sid.clone(), Rc::clone(&backend), params.clone());
+        s.version = version;
+        log!("[{}] session started ({} target(s))", short_id(&sid), backend.targets.len());
+        self.sessions.insert(sk, s);
+        self.session_ids.insert(sid.clone(), sk);
+
+        let mut parts = Vec::new();
+        for (t, target) in backend.targets.iter().enumerate() {
+            let TargetKind::Stdio(cfg) = &target.kind;
+            let slot = match StdioChild::spawn(cfg) {
+                Ok(child) => {
+                    let tokens = [
+                        self.token(Owner::ChildIn(sk, t)),
+                        self.token(Owner::ChildOut(sk, t)),
+                        self.token(Owner::ChildErr(sk, t)),
+                    ];
+                    let mut child = child;
+                    let reg = self.register_child(&mut child, tokens);
+                    let state = match reg {
+                        Ok(()) => TargetState::Starting,
+                        Err(e) => TargetState::Failed(format!("cannot watch its pipes: {e}")),
+                    };
+                    if state == TargetState::Starting {
+                        parts.push((t, Some(params.clone())));
+                    }
+                    TargetSlot {
+                        name: target.name.clone(),
+                        state,
+                        child: Some(child),
+                        tokens,
+                        init_result: None,
+                    }
+                }
+                Err(e) => {
+                    let why = format!("cannot start command {:?}: {e}", cfg.cmd);
+                    log!("[{}] target {}: {why}", short_id(&sid), target.name);
+                    TargetSlot {
+                        name: target.name.clone(),
+                        state: TargetState::Failed(why),
+                        child: None,
+                        tokens: [Token(usize::MAX); 3],
+                        init_result: None,
+                    }
+                }
+            };
+            if let Some(s) = self.sessions.get_mut(&sk) {
+                s.targets.push(slot);
+            }
+        }
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.state = ConnState::Exchange(Exchange {
+                session: sk,
+                remaining: 1,
+                batch: false,
+                streaming: false,
+                collected: Vec::new(),
+                session_header: Some(sid),
+                keep_alive,
+            });
+            c.chunked = chunked;
+        }
+        let timeout = self.cfg.limits.init_timeout;
+        self.start_call(sk, Some(id), client_id, "initialize", CallKind::Initialize, parts, timeout);
+    }
+
+    fn register_child(&mut self, child: &mut StdioChild, tokens: [Token; 3]) -> io::Result<()> {
+        let r = self.poll.registry();
+        if let Some(p) = child.stdin.as_mut() {
+            r.register(p, tokens[0], Interest::WRITABLE)?;
+        }
+        if let Some(p) = child.stdout.as_mut() {
+            r.register(p, tokens[1], Interest::READABLE)?;
+        }
+        if let Some(p) = child.stderr.as_mut() {
+            r.register(p, tokens[2], Interest::READABLE)?;
+        }
+        Ok(())
+    }
+
+    /// Ends a session: pending calls get an error, the GET stream ends, children are told to
+    /// exit (stdin closed) and killed if they do not.
+    fn end_session(&mut self, sk: u64, why: &str) {
+        let Some(mut s) = self.sessions.remove(&sk) else {
+            return;
+        };
+        self.session_ids.remove(&s.id);
+        log!("[{}] session ended: {why}", short_id(&s.id));
+        let calls: Vec<Call> = s.calls.drain().map(|(_, c)| c).collect();
+        for call in calls {
+            let e = jsonrpc::error(call.client_id, jsonrpc::UPSTREAM_ERROR, &format!("session ended: {why}"));
+            self.reply(call.conn, e);
+        }
+        if let Some(g) = s.get_stream.take() {
+            if let Some(c) = self.conns.get_mut(&g) {
+                c.end_stream();
+                c.state = ConnState::Idle;
+                c.closing = true;
+                self.wake.push(g);
+            }
+        }
+        for slot in s.targets.iter_mut() {
+            self.retire_child(slot);
+        }
+    }
+
+    /// Deregisters a target's pipes, closes its stdin, and queues the child for reaping.
+    fn retire_child(&mut self, slot: &mut TargetSlot) {
+        let Some(mut child) = slot.child.take() else {
+            return;
+        };
+        let r = self.poll.registry();
+        if let Some(mut p) = child.stdin.take() {
+            let _ = r.deregister(&mut p);
+        }
+        if let Some(mut p) = child.stdout.take() {
+            let _ = r.deregister(&mut p);
+        }
+        if let Some(mut p) = child.stderr.take() {
+            let _ = r.deregister(&mut p);
+        }
+        for t in slot.tokens {
+            self.owners.remove(&t);
+        }
+        let mut proc = child.child;
+        if let Ok(None) = proc.try_wait() {
+            self.dying.push(Dying {
+                child: proc,
+                kill_at: Instant::now() + CHILD_GRACE,
+            });
+        }
+    }
+
+    /// Reaps exited children: targets of live sessions are failed, dying ones forgotten.
+    fn reap(&mut self) {
+        let now = Instant::now();
+        self.dying.retain_mut(|d| match d.child.try_wait() {
+            Ok(Some(_)) | Err(_) => false,
+            Ok(None) => {
+                if now >= d.kill_at {
+                    let _ = d.child.kill();
+                }
+                true
+            }
+        });
+        let mut exited = Vec::new();
+        for (&sk, s) in self.sessions.iter_mut() {
+            for (t, slot) in s.targets.iter_mut().enumerate() {
+                if let Some(ch) = slot.child.as_mut() {
+                    if let Ok(Some(status)) = ch.child.try_wait() {
+                        exited.push((sk, t, format!("exited ({status})")));
+                    }
+                }
+            }
+        }
+        for (sk, t, why) in exited {
+            self.target_failed(sk, t, &why);
+        }
+    }
+
+    /// Marks a target failed: its pending requests get an error naming it, later ones too.
+    fn target_failed(&mut self, sk: u64, t: usize, why: &str) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some(slot) = s.targets.get_mut(t) else {
+            return;
+        };
+        if matches!(slot.state, TargetState::Failed(_)) && slot.child.is_none() {
+            return;
+        }
+        let name = slot.name.clone();
+        log!("[{}] target {name} failed: {why}", short_id(&s.id));
+        if !matches!(slot.state, TargetState::Failed(_)) {
+            slot.state = TargetState::Failed(why.to_string());
+        }
+        let mut slot_taken = std::mem::replace(
+            slot,
+            TargetSlot {
+                name: name.clone(),
+                state: TargetState::Failed(why.to_string()),
+                child: None,
+                tokens: [Token(usize::MAX); 3],
+                init_result: None,
+            },
+        );
+        s.server_requests.retain(|_, (target, _)| *target != t);
+        let mut hits = Vec::new();
+        for (&cid, call) in s.calls.iter() {
+            for (i, (target, uid, r)) in call.parts.iter().enumerate() {
+                if *target == t && r.is_none() {
+                    hits.push((cid, i, *uid));
+                }
+            }
+        }
+        let all_failed = s.phase == Phase::Ready && s.targets.iter().all(|x| matches!(x.state, TargetState::Failed(_)));
+        if all_failed {
+            log!("[{}] session failed: no target left", short_id(&s.id));
+        }
+        self.retire_child(&mut slot_taken);
+        let err = json!({"code": jsonrpc::UPSTREAM_ERROR, "message": format!("target {name} failed: {why}")});
+        for (cid, part, uid) in hits {
+            if let Some(s) = self.sessions.get_mut(&sk) {
+                s.upstream.remove(&uid);
+            }
+            self.finish_part(sk, cid, part, Err(err.clone()));
+        }
+    }
+
+    // ---- messages from the client --------------------------------------------------------
+
+    fn client_message(&mut self, sk: u64, conn: usize, kind: Kind, msg: Value) {
+        match kind {
+            Kind::Request => self.client_request(sk, conn, msg),
+            Kind::Notification => self.client_notification(sk, msg),
+            Kind::Response => self.client_response(sk, msg),
+        }
+    }
+
+    fn client_request(&mut self, sk: u64, conn: usize, mut msg: Value) {
+        let client_id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let method = jsonrpc::method(&msg).to_string();
+        let params = msg.get_mut("params").map(Value::take);
+        let Some(s) = self.sessions.get(&sk) else {
+            return;
+        };
+        if method == "initialize" {
+            let e = jsonrpc::error(client_id, jsonrpc::INVALID_REQUEST, "session is already initialized");
+            return self.reply(Some(conn), e);
+        }
+        if s.calls.len() >= self.cfg.limits.max_inflight {
+            let e = jsonrpc::error(client_id, jsonrpc::UPSTREAM_ERROR, "too many requests in flight for this session");
+            return self.reply(Some(conn), e);
+        }
+        let timeout = self.cfg.limits.request_timeout;
+        match s.naming.route(&method, params.as_ref()) {
+            Ok(Dest::Local) => self.reply(Some(conn), jsonrpc::result(client_id, json!({}))),
+            Ok(Dest::One(t, p)) => {
+                if let Some(TargetState::Failed(why)) = s.targets.get(t).map(|x| &x.state) {
+                    let why = format!("target {} is unavailable: {why}", s.naming.targets[t]);
+                    return self.reply(Some(conn), jsonrpc::error(client_id, jsonrpc::UPSTREAM_ERROR, &why));
+                }
+                self.start_call(sk, Some(conn), client_id, &method, CallKind::Forward, vec![(t, p)], timeout);
+            }
+            Ok(Dest::All) => {
+                let cursor = params.as_ref().and_then(|p| p.get("cursor")).and_then(Value::as_str);
+                let pages = match aggregate::decode_cursor(cursor, s.targets.len()) {
+                    Ok(p) => p,
+                    Err(why) => return self.reply(Some(conn), jsonrpc::error(client_id, jsonrpc::INVALID_PARAMS, &why)),
+                };
+                let mut parts = Vec::new();
+                for (t, cur) in pages {
+                    if s.targets.get(t).map(|x| &x.state) != Some(&TargetState::Ready) {
+                        continue;
+                    }
+                    let mut p = params.clone().unwrap_or_else(|| json!({}));
+                    if let Value::Object(o) = &mut p {
+                        match cur {
+                            Some(c) => o.insert("cursor".into(), Value::String(c)),
+                            None => o.remove("cursor"),
+                        };
+                    }
+                    parts.push((t, Some(p)));
+                }
+                self.start_call(sk, Some(conn), client_id, &method, CallKind::FanOut, parts, timeout);
+            }
+            Err(why) => self.reply(Some(conn), jsonrpc::error(client_id, jsonrpc::INVALID_PARAMS, &why)),
+        }
+    }
+
+    fn client_notification(&mut self, sk: u64, msg: Value) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        match jsonrpc::method(&msg) {
+            "notifications/cancelled" => {
+                let Some(rid) = msg.pointer("/params/requestId") else {
+                    return;
+                };
+                if let Some(&call) = s.by_client_id.get(&jsonrpc::id_key(rid)) {
+                    let reason = msg.pointer("/params/reason").and_then(Value::as_str).unwrap_or("cancelled by the client");
+                    let reason = reason.to_string();
+                    self.cancel_call(sk, call, &reason);
+                }
+            }
+            m => {
+                if m == "notifications/initialized" {
+                    s.phase = Phase::Ready;
+                }
+                let ready: Vec<usize> = (0..s.targets.len())
+                    .filter(|&t| s.targets[t].state == TargetState::Ready)
+                    .collect();
+                for t in ready {
+                    self.send_to_target(sk, t, &msg);
+                }
+            }
+        }
+    }
+
+    /// The client's answer to a server-to-client request goes back to the target that asked,
+    /// with the target's own id.
+    fn client_response(&mut self, sk: u64, mut msg: Value) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some(gid) = msg.get("id").and_then(Value::as_u64) else {
+            return;
+        };
+        let Some((t, orig)) = s.server_requests.remove(&gid) else {
+            log!("[{}] answer to an unknown request id {gid} dropped", short_id(&s.id));
+            return;
+        };
+        msg["id"] = orig;
+        self.send_to_target(sk, t, &msg);
+    }
+
+    /// Sends one upstream request per part and records the call.
+    #[allow(clippy::too_many_arguments)]
+    fn start_call(
+        &mut self,
+        sk: u64,
+        conn: Option<usize>,
+        client_id: Value,
+        method: &str,
+        kind: CallKind,
+        parts: Vec<(usize, Option<Value>)>,
+        timeout: Duration,
+    ) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let cid = s.alloc_id();
+        let mut progress = None;
+        let mut sends = Vec::new();
+        let mut call_parts = Vec::new();
+        for (t, mut params) in parts {
+            let uid = s.alloc_id();
+            // Progress tokens become the upstream request id, so a progress notification
+            // finds its call with one lookup and no target sees another's token.
+            if let Some(tok) = params.as_mut().and_then(|p| p.pointer_mut("/_meta/progressToken")) {
+                progress = Some(std::mem::replace(tok, json!(uid)));
+            }
+            s.upstream.insert(uid, cid);
+            sends.push((t, jsonrpc::request(json!(uid), method, params)));
+            call_parts.push((t, uid, None));
+        }
+        let remaining = call_parts.len();
+        s.by_client_id.insert(jsonrpc::id_key(&client_id), cid);
+        s.calls.insert(
+            cid,
+            Call {
+                conn,
+                client_id,
+                method: method.to_string(),
+                kind,
+                parts: call_parts,
+                remaining,
+                progress,
+            },
+        );
+        if remaining == 0 {
+            self.complete_call(sk, cid);
+            return;
+        }
+        self.timers.add(Instant::now() + timeout, Timer::Call(sk, cid));
+        for (i, (t, req)) in sends.into_iter().enumerate() {
+            if let Err(why) = self.try_send(sk, t, &req) {
+                let err = json!({"code": jsonrpc::UPSTREAM_ERROR, "message": why});
+                self.finish_part(sk, cid, i, Err(err));
+            }
+        }
+    }
+
+    fn try_send(&mut self, sk: u64, t: usize, msg: &Value) -> Result<(), String> {
+        let s = self.sessions.get_mut(&sk).ok_or("session ended")?;
+        let slot = s.targets.get_mut(t).ok_or("no such target")?;
+        let name = slot.name.clone();
+        let child = slot.child.as_mut().ok_or_else(|| format!("target {name} is not running"))?;
+        let bytes = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
+        if let Err(e) = child.send(&bytes) {
+            let why = format!("cannot write to target {name}: {e}");
+            self.target_failed(sk, t, &why);
+            return Err(why);
+        }
+        Ok(())
+    }
+
+    fn send_to_target(&mut self, sk: u64, t: usize, msg: &Value) {
+        let _ = self.try_send(sk, t, msg);
+    }
+
+    /// Drops a call: each upstream still working on it is told `notifications/cancelled`.
+    fn cancel_call(&mut self, sk: u64, cid: u64, reason: &str) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some(call) = s.calls.remove(&cid) else {
+            return;
+        };
+        s.by_client_id.remove(&jsonrpc::id_key(&call.client_id));
+        let mut notes = Vec::new();
+        for (t, uid, r) in &call.parts {
+            s.upstream.remove(uid);
+            if r.is_none() && call.kind != CallKind::Initialize {
+                let n = jsonrpc::notification(
+                    "notifications/cancelled",
+                    Some(json!({"requestId": uid, "reason": reason})),
+                );
+                notes.push((*t, n));
+            }
+        }
+        for (t, n) in notes {
+            self.send_to_target(sk, t, &n);
+        }
+        // The client will not get an answer for a cancelled request; its POST ends without it.
+        if let Some(conn) = call.conn {
+            self.settle(conn, None);
+        }
+    }
+
+    fn call_timeout(&mut self, sk: u64, cid: u64) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some(call) = s.calls.get(&cid) else {
+            return;
+        };
+        let pending: Vec<(usize, usize)> = call
+            .parts
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, r))| r.is_none())
+            .map(|(i, (t, _, _))| (i, *t))
+            .collect();
+        log!("[{}] {} timed out", short_id(&s.id), call.method);
+        for (i, t) in pending {
+            let Some(s) = self.sessions.get_mut(&sk) else {
+                return;
+            };
+            let name = s.naming.targets.get(t).cloned().unwrap_or_default();
+            let uid = s.calls.get(&cid).map(|c| c.parts[i].1);
+            if let Some(uid) = uid {
+                s.upstream.remove(&uid);
+                let n = jsonrpc::notification(
+                    "notifications/cancelled",
+                    Some(json!({"requestId": uid, "reason": "timed out in the gateway"})),
+                );
+                self.send_to_target(sk, t, &n);
+            }
+            let err = json!({"code": jsonrpc::REQUEST_TIMEOUT, "message": format!("target {name} did not answer in time")});
+            self.finish_part(sk, cid, i, Err(err));
+        }
+    }
+
+    fn finish_part(&mut self, sk: u64, cid: u64, part: usize, r: Result<Value, Value>) {
+        let Some(call) = self.sessions.get_mut(&sk).and_then(|s| s.calls.get_mut(&cid)) else {
+            return;
+        };
+        let Some(slot) = call.parts.get_mut(part) else {
+            return;
+        };
+        if slot.2.is_some() {
+            return;
+        }
+        slot.2 = Some(r);
+        call.remaining -= 1;
+        if call.remaining == 0 {
+            self.complete_call(sk, cid);
+        }
+    }
+
+    fn complete_call(&mut self, sk: u64, cid: u64) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some(call) = s.calls.remove(&cid) else {
+            return;
+        };
+        s.by_client_id.remove(&jsonrpc::id_key(&call.client_id));
+        let answer = match call.kind {
+            CallKind::Forward => match call.parts.into_iter().next() {
+                Some((t, _, Some(Ok(mut v)))) => {
+                    aggregate::prefix_result_uris(&mut v, t, &s.naming);
+                    jsonrpc::result(call.client_id, v)
+                }
+                Some((_, _, Some(Err(e)))) => json!({"jsonrpc": "2.0", "id": call.client_id, "error": e}),
+                _ => jsonrpc::error(call.client_id, jsonrpc::INTERNAL_ERROR, "no answer"),
+            },
+            CallKind::FanOut => {
+                let ok: Vec<Part<'_>> = call
+                    .parts
+                    .iter()
+                    .filter_map(|(t, _, r)| match r {
+                        Some(Ok(v)) => Some(Part { target: *t, result: v }),
+                        _ => None,
+                    })
+                    .collect();
+                let first_err = call.parts.iter().find_map(|(_, _, r)| match r {
+                    Some(Err(e)) => Some(e.clone()),
+                    _ => None,
+                });
+                match (ok.is_empty(), first_err) {
+                    (true, Some(e)) => json!({"jsonrpc": "2.0", "id": call.client_id, "error": e}),
+                    _ if call.method == "logging/setLevel" => jsonrpc::result(call.client_id, json!({})),
+                    _ => jsonrpc::result(call.client_id.clone(), aggregate::merge_list(&call.method, &ok, &s.naming)),
+                }
+            }
+            CallKind::Initialize => return self.complete_init(sk, call),
+        };
+        self.reply(call.conn, answer);
+    }
+
+    fn complete_init(&mut self, sk: u64, call: Call) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        for (t, _, r) in &call.parts {
+            let Some(slot) = s.targets.get_mut(*t) else {
+                continue;
+            };
+            match r {
+                Some(Ok(v)) => {
+                    slot.state = TargetState::Ready;
+                    slot.init_result = Some(v.clone());
+                }
+                Some(Err(e)) => {
+                    let msg = e.get("message").and_then(Value::as_str).unwrap_or("initialize failed");
+                    slot.state = TargetState::Failed(msg.to_string());
+                }
+                None => {}
+            }
+        }
+        let failed: Vec<String> = s
+            .targets
+            .iter()
+            .filter_map(|slot| match &slot.state {
+                TargetState::Failed(why) => Some(format!("target {}: {why}", slot.name)),
+                _ => None,
+            })
+            .collect();
+        let ready = s.targets.iter().filter(|x| x.state == TargetState::Ready).count();
+        if ready == 0 || (!failed.is_empty() && s.backend.failure_mode == FailureMode::FailClosed) {
+            let why = format!("initialize failed: {}", failed.join("; "));
+            let e = jsonrpc::error(call.client_id, jsonrpc::UPSTREAM_ERROR, &why);
+            if let Some(c) = call.conn.and_then(|c| self.conns.get_mut(&c)) {
+                if let ConnState::Exchange(ex) = &mut c.state {
+                    ex.session_header = None;
+                }
+            }
+            self.reply(call.conn, e);
+            self.end_session(sk, &why);
+            return;
+        }
+        for f in &failed {
+            log!("[{}] continuing without {f} (failOpen)", short_id(&s.id));
+        }
+        let parts: Vec<Part<'_>> = s
+            .targets
+            .iter()
+            .enumerate()
+            .filter_map(|(t, slot)| slot.init_result.as_ref().map(|r| Part { target: t, result: r }))
+            .collect();
+        // One target: keep the version it chose if we speak it; else the client's (or ours).
+        let version = match parts.as_slice() {
+            [only] => only
+                .result
+                .get("protocolVersion")
+                .and_then(Value::as_str)
+                .filter(|v| mcp::is_supported(v))
+                .unwrap_or(&s.version)
+                .to_string(),
+            _ => s.version.clone(),
+        };
+        let merged = aggregate::merge_initialize(&parts, &s.naming, &version);
+        s.version = version;
+        log!("[{}] session ready (protocol {})", short_id(&s.id), s.version);
+        self.reply(call.conn, jsonrpc::result(call.client_id, merged));
+    }
+
+    /// Delivers one answer to the POST that asked for it.
+    fn reply(&mut self, conn: Option<usize>, msg: Value) {
+        if let Some(id) = conn {
+            self.settle(id, Some(msg));
+        }
+    }
+
+    /// Accounts for one answer (or a cancelled request) of a POST; ends the POST's response
+    /// when it was the last.
+    fn settle(&mut self, id: usize, msg: Option<Value>) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let ConnState::Exchange(ex) = &mut c.state else {
+            return;
+        };
+        if let Some(m) = msg {
+            if ex.streaming {
+                c.sse_message(&m);
+            } else {
+                ex.collected.push(m);
+            }
+        }
+        let ConnState::Exchange(ex) = &mut c.state else {
+            return;
+        };
+        ex.remaining = ex.remaining.saturating_sub(1);
+        if ex.remaining > 0 {
+            let _ = c.flush();
+            return;
+        }
+        let ConnState::Exchange(ex) = std::mem::replace(&mut c.state, ConnState::Idle) else {
+            return;
+        };
+        if ex.streaming {
+            c.end_stream();
+            if !ex.keep_alive {
+                c.closing = true;
+            }
+        } else {
+            let mut headers = Vec::new();
+            if let Some(sid) = &ex.session_header {
+                headers.push(("Mcp-Session-Id", sid.as_str()));
+            }
+            let mut collected = ex.collected;
+            match (ex.batch, collected.len()) {
+                (_, 0) => c.respond(202, &headers, b"", ex.keep_alive),
+                (false, _) => c.respond_json(200, &headers, &collected.swap_remove(0), ex.keep_alive),
+                (true, _) => c.respond_json(200, &headers, &Value::Array(collected), ex.keep_alive),
+            }
+        }
+        self.wake.push(id);
+    }
+
+    // ---- messages from targets -----------------------------------------------------------
+
+    fn child_writable(&mut self, sk: u64, t: usize) {
+        let Some(child) = self
+            .sessions
+            .get_mut(&sk)
+            .and_then(|s| s.targets.get_mut(t))
+            .and_then(|x| x.child.as_mut())
+        else {
+            return;
+        };
+        if let Err(e) = child.flush() {
+            self.target_failed(sk, t, &format!("cannot write to it: {e}"));
+        }
+    }
+
+    fn child_stdout(&mut self, sk: u64, t: usize) {
+        let max = self.cfg.limits.max_stdio_line;
+        let Some(child) = self
+            .sessions
+            .get_mut(&sk)
+            .and_then(|s| s.targets.get_mut(t))
+            .and_then(|x| x.child.as_mut())
+        else {
+            return;
+        };
+        let mut lines = Vec::new();
+        let outcome = child.read_stdout(max, |l| lines.push(l.to_vec()));
+        for l in lines {
+            self.target_line(sk, t, &l);
+        }
+        match outcome {
+            ReadOutcome::Open => {}
+            ReadOutcome::Eof => self.target_failed(sk, t, "closed its stdout (exited)"),
+            ReadOutcome::LineTooLong => self.target_failed(sk, t, &format!("wrote a line over {max} bytes")),
+        }
+    }
+
+    fn child_stderr(&mut self, sk: u64, t: usize) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let sid = short_id(&s.id).to_string();
+        let Some(slot) = s.targets.get_mut(t) else {
+            return;
+        };
+        let name = slot.name.clone();
+        let Some(child) = slot.child.as_mut() else {
+            return;
+        };
+        let outcome = child.read_stderr(|l| log!("[{sid}] {name}: {}", String::from_utf8_lossy(l)));
+        if outcome == ReadOutcome::Eof {
+            if let Some(mut p) = child.stderr.take() {
+                let _ = self.poll.registry().deregister(&mut p);
+            }
+        }
+    }
+
+    fn target_line(&mut self, sk: u64, t: usize, line: &[u8]) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let mut msg: Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(_) => {
+                let name = s.naming.targets.get(t).cloned().unwrap_or_default();
+                log!(
+                    "[{}] {name}: ignored a stdout line that is not JSON: {}",
+                    short_id(&s.id),
+                    String::from_utf8_lossy(&line[..line.len().min(200)])
+                );
+                return;
+            }
+        };
+        match jsonrpc::classify(&msg) {
+            Ok(Kind::Response) => {
+                let Some(uid) = msg.get("id").and_then(Value::as_u64) else {
+                    return;
+                };
+                let Some(cid) = s.upstream.remove(&uid) else {
+                    return; // late answer to a cancelled or timed-out request
+                };
+                let Some(part) = s.calls.get(&cid).and_then(|c| c.parts.iter().position(|p| p.1 == uid)) else {
+                    return;
+                };
+                let r = match msg.get_mut("error") {
+                    Some(e) => Err(e.take()),
+                    None => Ok(msg.get_mut("result").map(Value::take).unwrap_or(Value::Null)),
+                };
+                self.finish_part(sk, cid, part, r);
+            }
+            Ok(Kind::Request) => {
+                let gid = s.alloc_id();
+                let orig = std::mem::replace(&mut msg["id"], json!(gid));
+                s.server_requests.insert(gid, (t, orig));
+                self.deliver(sk, msg, Hint::Target(t));
+            }
+            Ok(Kind::Notification) => self.target_notification(sk, t, msg),
+            Err(why) => log!("[{}] target sent an invalid message ({why}); ignored", short_id(&s.id)),
+        }
+    }
+
+    fn target_notification(&mut self, sk: u64, t: usize, mut msg: Value) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let mut hint = Hint::Target(t);
+        match jsonrpc::method(&msg) {
+            "notifications/progress" => {
+                let Some(tok) = msg.pointer_mut("/params/progressToken") else {
+                    return;
+                };
+                let call = tok.as_u64().and_then(|u| s.upstream.get(&u)).copied();
+                let Some(cid) = call else {
+                    return; // a token this session never handed out
+                };
+                let Some(client_tok) = s.calls.get(&cid).and_then(|c| c.progress.clone()) else {
+                    return;
+                };
+                *tok = client_tok;
+                hint = Hint::Call(cid);
+            }
+            "notifications/cancelled" => {
+                // The target withdraws one of its requests to the client: translate its id.
+                let rid = msg.pointer("/params/requestId").cloned().unwrap_or(Value::Null);
+                let gid = s.server_requests.iter().find(|(_, (tt, o))| *tt == t && *o == rid).map(|(g, _)| *g);
+                let Some(gid) = gid else {
+                    return;
+                };
+                s.server_requests.remove(&gid);
+                msg["params"]["requestId"] = json!(gid);
+            }
+            "notifications/resources/updated" => {
+                if let Some(Value::String(u)) = msg.pointer_mut("/params/uri") {
+                    *u = s.naming.prefix_uri(t, u);
+                }
+            }
+            _ => {}
+        }
+        self.deliver(sk, msg, hint);
+    }
+
+    /// Sends a server-to-client message on the best stream: the POST it relates to while that
+    /// is in flight, else the GET stream, else the backlog for a GET stream to come.
+    fn deliver(&mut self, sk: u64, msg: Value, hint: Hint) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let call = match hint {
+            Hint::Call(cid) => Some(cid),
+            Hint::Target(t) => s.newest_call_on(t),
+        };
+        let post_conn = call.and_then(|cid| s.calls.get(&cid)).and_then(|c| c.conn);
+        let init = s.phase == Phase::Initializing && s.calls.values().any(|c| c.kind == CallKind::Initialize);
+        let target_conn = if init { None } else { post_conn.or(s.get_stream) };
+        let Some(id) = target_conn.filter(|id| self.conns.contains_key(id)) else {
+            s.push_backlog(msg);
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match &mut c.state {
+            ConnState::Exchange(ex) if ex.session == sk => {
+                if !ex.streaming {
+                    ex.streaming = true;
+                    let collected = std::mem::take(&mut ex.collected);
+                    let sid = ex.session_header.clone();
+                    let headers: Vec<(&str, &str)> = sid.iter().map(|v| ("Mcp-Session-Id", v.as_str())).collect();
+                    let chunked = c.chunked;
+                    c.start_sse(&headers, chunked);
+                    for m in &collected {
+                        c.sse_message(m);
+                    }
+                }
+                c.sse_message(&msg);
+            }
+            ConnState::Stream { session } if *session == sk => {
+                c.sse_message(&msg);
+                c.last_write = Instant::now();
+            }
+            _ => {
+                s.push_backlog(msg);
+                return;
+            }
+        }
+        if c.flush().is_err() {
+            self.close_conn(id);
+        }
+    }
+
+    // ---- time ----------------------------------------------------------------------------
+
+    fn sweep(&mut self, now: Instant) {
+        let header_timeout = self.cfg.limits.header_timeout;
+        let mut close = Vec::new();
+        for (&id, c) in self.conns.iter_mut() {
+            match c.state {
+                ConnState::Idle => {
+                    let slow = c.request_started.is_some_and(|t| now.duration_since(t) >= header_timeout);
+                    if slow {
+                        c.respond_text(408, "request timeout\n", false);
+                        let _ = c.flush();
+                        close.push(id);
+                    } else if c.rbuf.is_empty() && now.duration_since(c.last_active) >= IDLE_CONN_TIMEOUT {
+                        close.push(id);
+                    }
+                }
+                ConnState::Stream { .. } => {
+                    if now.duration_since(c.last_write) >= STREAM_KEEPALIVE {
+                        c.sse_comment("keepalive");
+                        c.last_write = now;
+                        if c.flush().is_err() {
+                            close.push(id);
+                        }
+                    }
+                }
+                ConnState::Exchange(_) => {}
+            }
+        }
+        for id in close {
+            self.close_conn(id);
+        }
+        let ttl = self.cfg.limits.session_ttl;
+        let expired: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.get_stream.is_none() && s.calls.is_empty() && now.duration_since(s.last_active) >= ttl)
+            .map(|(k, _)| *k)
+            .collect();
+        for sk in expired {
+            self.end_session(sk, "idle for longer than sessionTtl");
+        }
+        if !self.dying.is_empty() {
+            self.reap();
+        }
+    }
+
+    /// Stops accepting, ends every session, gives children a moment to exit on stdin EOF,
+    /// kills the rest and reaps them all.
+    fn shutdown(&mut self) {
+        log!("shutting down");
+        for l in self.listeners.iter_mut() {
+            if let Some(mut l) = l.take() {
+                let _ = self.poll.registry().deregister(&mut l);
+            }
+        }
+        let keys: Vec<u64> = self.sessions.keys().copied().collect();
+        for sk in keys {
+            self.end_session(sk, "gateway shutting down");
+        }
+        let ids: Vec<usize> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                let _ = c.flush();
+            }
+            self.close_conn(id);
+        }
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        let mut events = Events::with_capacity(16);
+        while !self.dying.is_empty() && Instant::now() < deadline {
+            self.dying.retain_mut(|d| matches!(d.child.try_wait(), Ok(None)));
+            let _ = self.poll.poll(&mut events, Some(Duration::from_millis(20)));
+            let _ = self.signals.take();
+        }
+        for mut d in self.dying.drain(..) {
+            let _ = d.child.kill();
+            let _ = d.child.wait();
+        }
+        log!("stopped");
+    }
+}
+
+/// The route for a request on a bind: first match in config order.
+fn find_route<'a>(bind: &'a crate::config::Bind, host: &str, path: &str) -> Option<&'a Route> {
+    bind.listeners
+        .iter()
+        .filter(|l| l.hostname.as_deref().is_none_or(|h| host_matches(h, host)))
+        .flat_map(|l| l.routes.iter())
+        .find(|r| (r.hostnames.is_empty() || r.hostnames.iter().any(|h| host_matches(h, host))) && r.matches_path(path))
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.'),
+        None => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
+/// `host:port` or `[v6]:port` -> host.
+fn strip_port(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    h.rsplit_once(':').map_or(h, |(host, _)| host)
+}
+
+fn is_local_host(h: &str) -> bool {
+    matches!(strip_port(h), "localhost" | "127.0.0.1" | "::1")
+}
+
+/// DNS-rebinding protection (MCP spec, transports): on a loopback bind, the Host must name the
+/// loopback, and a browser Origin, if sent, must be a loopback origin.
+fn check_origin(req: &Request, addr: SocketAddr) -> Result<(), &'static str> {
+    if !addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if let Some(h) = req.header("host") {
+        if !is_local_host(h) {
+            return Err("Host is not a loopback name");
+        }
+    }
+    if let Some(o) = req.header("origin") {
+        let hostport = o.split_once("://").map_or("", |(_, rest)| rest);
+        if o != "null" && !is_local_host(hostport) {
+            return Err("Origin is not allowed");
+        }
+    }
+    Ok(())
+}
+
+/// Whether a Content-Type names `want` (parameters such as charset allowed).
+fn media_type_is(value: &str, want: &str) -> bool {
+    value.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(want))
+}
+
+/// Whether the Accept header allows `want` (`*/*` and `type/*` count).
+fn accepts(req: &Request, want: &str) -> bool {
+    let major = want.split('/').next().unwrap_or("");
+    req.header_values("accept").any(|v| {
+        let t = v.split(';').next().unwrap_or("").trim();
+        t.eq_ignore_ascii_case(want) || t == "*/*" || t.strip_suffix("/*").is_some_and(|m| m.eq_ignore_ascii_case(major))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_helpers() {
+        assert_eq!(strip_port("localhost:3000"), "localhost");
+        assert_eq!(strip_port("[::1]:3000"), "::1");
+        assert!(is_local_host("127.0.0.1:80") && !is_local_host("evil.example.com"));
+        assert!(host_matches("*.example.com", "a.example.com") && !host_matches("*.example.com", "example.com"));
+    }
+}

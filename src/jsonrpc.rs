@@ -1,0 +1,149 @@
+//! JSON-RPC 2.0 messages as MCP uses them: parse, classify, build responses and errors.
+
+use serde_json::{json, Map, Value};
+
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const METHOD_NOT_FOUND: i64 = -32601;
+pub const INVALID_PARAMS: i64 = -32602;
+pub const INTERNAL_ERROR: i64 = -32603;
+/// Implementation-defined server errors (-32000..-32099): an upstream failed or timed out.
+pub const UPSTREAM_ERROR: i64 = -32000;
+pub const REQUEST_TIMEOUT: i64 = -32001;
+
+/// What one JSON-RPC message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Notification,
+    Response,
+}
+
+/// Classifies a message, or says why it is not a valid JSON-RPC 2.0 message.
+pub fn classify(v: &Value) -> Result<Kind, &'static str> {
+    let Value::Object(o) = v else {
+        return Err("message is not an object");
+    };
+    if o.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err("jsonrpc must be \"2.0\"");
+    }
+    let id_ok = |id: &Value| matches!(id, Value::String(_)) || id.is_i64() || id.is_u64();
+    match (o.get("method"), o.get("id")) {
+        (Some(Value::String(_)), None) => Ok(Kind::Notification),
+        (Some(Value::String(_)), Some(id)) if id_ok(id) => Ok(Kind::Request),
+        (Some(Value::String(_)), Some(_)) => Err("id must be a string or an integer"),
+        (Some(_), _) => Err("method must be a string"),
+        (None, Some(_)) if o.contains_key("result") != o.contains_key("error") => Ok(Kind::Response),
+        (None, _) => Err("neither a request, a notification nor a response"),
+    }
+}
+
+/// A body parsed into messages: one object or a batch (array).
+#[derive(Debug)]
+pub struct Body {
+    pub messages: Vec<Value>,
+    pub batch: bool,
+}
+
+/// Parses an HTTP body into JSON-RPC messages. Errors carry the JSON-RPC error to answer with.
+pub fn parse_body(bytes: &[u8]) -> Result<Body, Value> {
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| error(Value::Null, PARSE_ERROR, &format!("Parse error: {e}")))?;
+    match v {
+        Value::Array(items) if items.is_empty() => Err(error(Value::Null, INVALID_REQUEST, "empty batch")),
+        Value::Array(items) => Ok(Body {
+            messages: items,
+            batch: true,
+        }),
+        v => Ok(Body {
+            messages: vec![v],
+            batch: false,
+        }),
+    }
+}
+
+/// The method of a request or notification.
+pub fn method(v: &Value) -> &str {
+    v.get("method").and_then(Value::as_str).unwrap_or("")
+}
+
+/// A success response.
+pub fn result(id: Value, result: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+/// An error response.
+pub fn error(id: Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+/// A request.
+pub fn request(id: Value, method: &str, params: Option<Value>) -> Value {
+    let mut o = Map::new();
+    o.insert("jsonrpc".into(), "2.0".into());
+    o.insert("id".into(), id);
+    o.insert("method".into(), method.into());
+    if let Some(p) = params {
+        o.insert("params".into(), p);
+    }
+    Value::Object(o)
+}
+
+/// A notification.
+pub fn notification(method: &str, params: Option<Value>) -> Value {
+    let mut o = Map::new();
+    o.insert("jsonrpc".into(), "2.0".into());
+    o.insert("method".into(), method.into());
+    if let Some(p) = params {
+        o.insert("params".into(), p);
+    }
+    Value::Object(o)
+}
+
+/// A stable map key for a JSON-RPC id (string ids and numeric ids never collide).
+pub fn id_key(id: &Value) -> String {
+    match id {
+        Value::String(s) => format!("s:{s}"),
+        other => format!("n:{other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies() {
+        let cases = [
+            (json!({"jsonrpc":"2.0","id":1,"method":"ping"}), Ok(Kind::Request)),
+            (json!({"jsonrpc":"2.0","id":"a","method":"ping"}), Ok(Kind::Request)),
+            (json!({"jsonrpc":"2.0","method":"notifications/initialized"}), Ok(Kind::Notification)),
+            (json!({"jsonrpc":"2.0","id":1,"result":{}}), Ok(Kind::Response)),
+            (json!({"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}), Ok(Kind::Response)),
+        ];
+        for (v, want) in cases {
+            assert_eq!(classify(&v), want, "{v}");
+        }
+        for bad in [
+            json!([]),
+            json!({"id":1,"method":"x"}),
+            json!({"jsonrpc":"2.0","id":1.5,"method":"x"}),
+            json!({"jsonrpc":"2.0","id":null,"method":"x"}),
+            json!({"jsonrpc":"2.0","method":3}),
+            json!({"jsonrpc":"2.0","id":1,"result":{},"error":{}}),
+            json!({"jsonrpc":"2.0"}),
+        ] {
+            assert!(classify(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_bodies() {
+        assert!(!parse_body(br#"{"jsonrpc":"2.0","method":"x"}"#).map(|b| b.batch).unwrap_or(true));
+        assert_eq!(parse_body(b"[1,2]").map(|b| b.messages.len()).ok(), Some(2));
+        let e = parse_body(b"{oops").err().unwrap_or_default();
+        assert_eq!(e["error"]["code"], PARSE_ERROR);
+        assert_eq!(parse_body(b"[]").err().unwrap_or_default()["error"]["code"], INVALID_REQUEST);
+        assert_ne!(id_key(&json!(1)), id_key(&json!("1")));
+    }
+}

@@ -1,0 +1,18 @@
+//! mcplex: a single-threaded MCP gateway.
+//!
+//! Layers, top to bottom (nothing imports upward):
+//! `event_loop` -> `downstream` -> `mcp` -> `upstream` -> `http`, `jsonrpc` -> `buffer`, `config`,
+//! `timer`, `token`. The codecs (`http`, `jsonrpc`, `config`) are pure and public so that `tests/`
+//! and `fuzz/` can reach them.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod downstream;
+pub mod event_loop;
+pub mod http;
+pub mod jsonrpc;
+pub mod log;
+pub mod mcp;
+pub mod signals;
+pub mod timer;
+pub mod upstream;

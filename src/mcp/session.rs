@@ -1,0 +1,146 @@
+//! Per-session state: the targets' children, the calls in flight, and the id and token maps
+//! that let answers and notifications find their way back.
+
+use super::route::Naming;
+use crate::config::McpBackend;
+use crate::upstream::stdio::StdioChild;
+use mio::Token;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::io::Read;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Server-to-client messages kept for a GET stream that is not open yet.
+pub const MAX_BACKLOG: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetState {
+    /// Spawned; `initialize` sent, answer awaited.
+    Starting,
+    Ready,
+    /// Failed to start, or died; the reason is given to every request for it.
+    Failed(String),
+}
+
+pub struct TargetSlot {
+    pub name: String,
+    pub state: TargetState,
+    pub child: Option<StdioChild>,
+    /// stdin, stdout, stderr tokens.
+    pub tokens: [Token; 3],
+    pub init_result: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `initialize` is being fanned out to the targets.
+    Initializing,
+    Ready,
+}
+
+/// What to do with a call's parts once all are in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallKind {
+    /// One target; its answer goes back as it is (URIs rewritten when prefixed).
+    Forward,
+    /// The client's `initialize`, fanned out to every target.
+    Initialize,
+    /// A `*/list` or `logging/setLevel` fanned out and merged.
+    FanOut,
+}
+
+/// One client request being served by one or more upstream requests.
+pub struct Call {
+    pub conn: Option<usize>,
+    pub client_id: Value,
+    pub method: String,
+    pub kind: CallKind,
+    /// Per part: the target, the upstream request id, and the answer once it came
+    /// (Ok(result) or Err(error object)).
+    pub parts: Vec<(usize, u64, Option<Result<Value, Value>>)>,
+    pub remaining: usize,
+    /// The client's progress token, when it asked for progress.
+    pub progress: Option<Value>,
+}
+
+pub struct Session {
+    pub id: String,
+    pub backend: Rc<McpBackend>,
+    pub naming: Naming,
+    pub targets: Vec<TargetSlot>,
+    pub phase: Phase,
+    /// Negotiated protocol version.
+    pub version: String,
+    /// The client's `initialize` params, passed on to every target.
+    pub init_params: Value,
+    pub calls: HashMap<u64, Call>,
+    /// Upstream request id -> call id. Ids are unique within the session across targets.
+    pub upstream: HashMap<u64, u64>,
+    /// Client request id key (`jsonrpc::id_key`) -> call id, for cancellation.
+    pub by_client_id: HashMap<String, u64>,
+    /// Id given to the client for a server-to-client request -> (target, the target's own id).
+    pub server_requests: HashMap<u64, (usize, Value)>,
+    pub get_stream: Option<usize>,
+    pub backlog: VecDeque<Value>,
+    pub next_id: u64,
+    pub last_active: Instant,
+}
+
+impl Session {
+    pub fn new(id: String, backend: Rc<McpBackend>, init_params: Value) -> Session {
+        let naming = Naming {
+            targets: backend.targets.iter().map(|t| t.name.clone()).collect(),
+            prefixed: backend.prefixed(),
+        };
+        Session {
+            id,
+            backend,
+            naming,
+            targets: Vec::new(),
+            phase: Phase::Initializing,
+            version: super::LATEST_VERSION.to_string(),
+            init_params,
+            calls: HashMap::new(),
+            upstream: HashMap::new(),
+            by_client_id: HashMap::new(),
+            server_requests: HashMap::new(),
+            get_stream: None,
+            backlog: VecDeque::new(),
+            next_id: 1,
+            last_active: Instant::now(),
+        }
+    }
+
+    pub fn alloc_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Keeps a message for the GET stream, dropping the oldest past the limit.
+    pub fn push_backlog(&mut self, msg: Value) {
+        if self.backlog.len() >= MAX_BACKLOG {
+            self.backlog.pop_front();
+        }
+        self.backlog.push_back(msg);
+    }
+
+    /// The newest call in flight on `target` whose client connection is still waiting: where a
+    /// target's unsolicited messages most likely belong.
+    pub fn newest_call_on(&self, target: usize) -> Option<u64> {
+        self.calls
+            .iter()
+            .filter(|(_, c)| c.conn.is_some() && c.parts.iter().any(|(t, _, r)| *t == target && r.is_none()))
+            .map(|(id, _)| *id)
+            .max()
+    }
+}
+
+/// A new session id: 128 random bits from the kernel's CSPRNG, hex-encoded. The read of
+/// /dev/urandom never blocks once the system has booted.
+pub fn new_session_id() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

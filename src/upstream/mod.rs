@@ -1,0 +1,3 @@
+//! Upstream transports: one module per kind of target.
+
+pub mod stdio;
