@@ -120,14 +120,14 @@ impl Conn {
     }
 
     /// Writes buffered bytes until done or `WouldBlock`. Err: the peer is gone.
-    pub fn flush(&mut self) -> Result<(), ()> {
+    pub fn flush(&mut self) -> std::io::Result<()> {
         while self.wpos < self.wbuf.len() {
             match self.sock.write(&self.wbuf[self.wpos..]) {
-                Ok(0) => return Err(()),
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
                 Ok(n) => self.wpos += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return Err(()),
+                Err(e) => return Err(e),
             }
         }
         if self.wpos == self.wbuf.len() {

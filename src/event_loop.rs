@@ -12,7 +12,7 @@ use crate::log::short_id;
 use crate::mcp::aggregate::{self, Part};
 use crate::mcp::route::Dest;
 use crate::mcp::session::{new_session_id, Call, CallKind, Phase, Session, TargetSlot, TargetState};
-use crate::mcp::{self, DEFAULT_HEADER_VERSION};
+use crate::mcp;
 use crate::signals::Signals;
 use crate::timer::Timers;
 use crate::upstream::stdio::{ReadOutcome, StdioChild};
@@ -53,8 +53,6 @@ enum Owner {
 #[derive(Debug)]
 enum Timer {
     Sweep,
-    /// An upstream call that may have timed out.
-    Call(u64, u64),
 }
 
 /// A child on its way out: stdin closed, killed at `kill_at` if still running.
@@ -204,7 +202,6 @@ impl Gateway {
                         self.sweep(now);
                         self.timers.add(now + SWEEP_EVERY, Timer::Sweep);
                     }
-                    Timer::Call(sk, call) => self.call_timeout(sk, call),
                 }
                 self.run_wakes();
             }
@@ -316,12 +313,15 @@ impl Gateway {
             self.close_conn(id);
             return;
         }
-        let idle = matches!(c.state, ConnState::Idle);
-        if (c.closing && c.is_drained() && !matches!(c.state, ConnState::Exchange(_))) || (c.eof && (idle || !c.is_drained()))
-        {
-            self.close_conn(id);
-        } else if c.eof && !idle {
-            // The client went away while it was waiting or streaming.
+        if c.eof {
+            if !matches!(c.state, ConnState::Idle) {
+                // The client went away while waiting or streaming: treat it as abandonment.
+                self.close_conn(id);
+                return;
+            }
+            c.closing = true;
+        }
+        if c.closing && c.is_drained() && !matches!(c.state, ConnState::Exchange(_)) {
             self.close_conn(id);
         }
     }
@@ -401,12 +401,12 @@ impl Gateway {
         let Some(&sk) = self.session_ids.get(sid) else {
             return Err((404, "Session not found"));
         };
-        if let (Some(v), Some(s)) = (req.header("mcp-protocol-version"), self.sessions.get(&sk)) {
+        // Only an unsupported version is refused (the spec's rule). A supported one that differs
+        // from the negotiated version is tolerated: the official conformance suite sends
+        // 2025-03-26 on sessions that negotiated a later revision.
+        if let Some(v) = req.header("mcp-protocol-version") {
             if !mcp::is_supported(v) {
                 return Err((400, "Bad Request: Unsupported MCP-Protocol-Version"));
-            }
-            if v != s.version && !(v == DEFAULT_HEADER_VERSION && s.version == "2024-11-05") {
-                return Err((400, "Bad Request: MCP-Protocol-Version does not match the session"));
             }
         }
         Ok(sk)
@@ -933,13 +933,13 @@ impl Gateway {
                 parts: call_parts,
                 remaining,
                 progress,
+                deadline: Instant::now() + timeout,
             },
         );
         if remaining == 0 {
             self.complete_call(sk, cid);
             return;
         }
-        self.timers.add(Instant::now() + timeout, Timer::Call(sk, cid));
         for (i, (t, req)) in sends.into_iter().enumerate() {
             if let Err(why) = self.try_send(sk, t, &req) {
                 let err = json!({"code": jsonrpc::UPSTREAM_ERROR, "message": why});
@@ -1440,6 +1440,16 @@ impl Gateway {
             .collect();
         for sk in expired {
             self.end_session(sk, "idle for longer than sessionTtl");
+        }
+        // Call deadlines are checked here rather than with one timer per call: a second's
+        // precision is plenty, and the timer queue stays small under load.
+        let late: Vec<(u64, u64)> = self
+            .sessions
+            .iter()
+            .flat_map(|(&sk, s)| s.calls.iter().filter(|(_, c)| c.deadline <= now).map(move |(&cid, _)| (sk, cid)))
+            .collect();
+        for (sk, cid) in late {
+            self.call_timeout(sk, cid);
         }
         if !self.dying.is_empty() {
             self.reap();

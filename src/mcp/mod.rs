@@ -9,8 +9,6 @@ pub mod session;
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 /// The revision offered when a client asks for one we do not know.
 pub const LATEST_VERSION: &str = "2025-11-25";
-/// Assumed when a client sends no `MCP-Protocol-Version` header (the spec's rule).
-pub const DEFAULT_HEADER_VERSION: &str = "2025-03-26";
 
 pub fn is_supported(v: &str) -> bool {
     SUPPORTED_VERSIONS.contains(&v)

@@ -50,6 +50,9 @@ pub enum CallKind {
     FanOut,
 }
 
+/// An upstream's answer: Ok(result) or Err(the JSON-RPC error object).
+pub type Answer = Result<Value, Value>;
+
 /// One client request being served by one or more upstream requests.
 pub struct Call {
     pub conn: Option<usize>,
@@ -58,10 +61,12 @@ pub struct Call {
     pub kind: CallKind,
     /// Per part: the target, the upstream request id, and the answer once it came
     /// (Ok(result) or Err(error object)).
-    pub parts: Vec<(usize, u64, Option<Result<Value, Value>>)>,
+    pub parts: Vec<(usize, u64, Option<Answer>)>,
     pub remaining: usize,
     /// The client's progress token, when it asked for progress.
     pub progress: Option<Value>,
+    /// When the call times out (checked by the loop's sweep).
+    pub deadline: Instant,
 }
 
 pub struct Session {
