@@ -792,7 +792,11 @@ impl Checker {
                 routes: vec![Route {
                     name: None,
                     hostnames: Vec::new(),
-                    matches: Vec::new(),
+                    // The MCP endpoints; anything else is a 404.
+                    matches: ["/mcp", "/sse", "/message", "/messages"]
+                        .into_iter()
+                        .map(|p| PathMatch::Exact(p.to_string()))
+                        .collect(),
                     backend: Rc::new(backend?),
                 }],
             }],
