@@ -36,6 +36,8 @@ const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
 const CHILD_GRACE: Duration = Duration::from_secs(2);
 /// On shutdown, children get this long to exit on stdin EOF before they are killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1200);
+/// A client that lets this much of its responses and stream pile up unread is disconnected.
+const MAX_UNWRITTEN: usize = 32 * 1024 * 1024;
 
 const SIGNAL_TOKEN: Token = Token(0);
 
@@ -731,6 +733,9 @@ impl Gateway {
             }
         }
         for (sk, t, why) in exited {
+            // Answers the child wrote just before exiting may still sit in its stdout pipe:
+            // read them first, so only requests that really lost their answer fail.
+            self.child_stdout(sk, t);
             self.target_failed(sk, t, &why);
         }
     }
@@ -1394,7 +1399,7 @@ impl Gateway {
                 return;
             }
         }
-        if c.flush().is_err() {
+        if c.flush().is_err() || c.unwritten() > MAX_UNWRITTEN {
             self.close_conn(id);
         }
     }
