@@ -413,7 +413,10 @@ impl Checker {
                 self.finish(bo);
                 if let (Some(name), Some(b)) = (name, backend) {
                     if named.iter().any(|(n, _)| *n == name) {
-                        self.err(&join(&path, "name"), format!("duplicate backend name {name:?}"));
+                        self.err(
+                            &join(&path, "name"),
+                            format!("duplicate backend name {name:?}"),
+                        );
                     }
                     named.push((name, Rc::new(b)));
                 }
@@ -441,7 +444,10 @@ impl Checker {
         let mut seen = HashSet::new();
         for (i, b) in binds.iter().enumerate() {
             if b.addr.port() != 0 && !seen.insert(b.addr) {
-                self.err(&format!("binds[{i}].port"), format!("{} is bound twice", b.addr));
+                self.err(
+                    &format!("binds[{i}].port"),
+                    format!("{} is bound twice", b.addr),
+                );
             }
         }
         Some(Config { binds, limits })
@@ -530,13 +536,21 @@ impl Checker {
         })
     }
 
-    fn listener(&mut self, v: &Value, path: &str, named: &[(String, Rc<McpBackend>)]) -> Option<Listener> {
+    fn listener(
+        &mut self,
+        v: &Value,
+        path: &str,
+        named: &[(String, Rc<McpBackend>)],
+    ) -> Option<Listener> {
         let mut o = self.obj(v, path)?;
         let name = self.string(&mut o, "name");
         let hostname = self.string(&mut o, "hostname");
         if let Some(p) = self.string(&mut o, "protocol") {
             if !p.eq_ignore_ascii_case("http") {
-                self.err(&join(path, "protocol"), format!("{p} is not supported yet (only HTTP)"));
+                self.err(
+                    &join(path, "protocol"),
+                    format!("{p} is not supported yet (only HTTP)"),
+                );
             }
         }
         self.unsupported(&mut o, "tls");
@@ -555,7 +569,12 @@ impl Checker {
         })
     }
 
-    fn route(&mut self, v: &Value, path: &str, named: &[(String, Rc<McpBackend>)]) -> Option<Route> {
+    fn route(
+        &mut self,
+        v: &Value,
+        path: &str,
+        named: &[(String, Rc<McpBackend>)],
+    ) -> Option<Route> {
         let mut o = self.obj(v, path)?;
         let name = self.string(&mut o, "name");
         let _rule = self.string(&mut o, "ruleName");
@@ -592,7 +611,10 @@ impl Checker {
         }
         self.finish(o);
         if backends.len() > 1 {
-            self.err(&join(path, "backends"), "more than one backend per route is not supported yet");
+            self.err(
+                &join(path, "backends"),
+                "more than one backend per route is not supported yet",
+            );
         }
         let backend = backends.into_iter().next();
         if backend.is_none() && !self.errors.iter().any(|e| e.path.starts_with(path)) {
@@ -627,7 +649,12 @@ impl Checker {
         self.finish(o);
     }
 
-    fn route_backend(&mut self, v: &Value, path: &str, named: &[(String, Rc<McpBackend>)]) -> Option<Rc<McpBackend>> {
+    fn route_backend(
+        &mut self,
+        v: &Value,
+        path: &str,
+        named: &[(String, Rc<McpBackend>)],
+    ) -> Option<Rc<McpBackend>> {
         let mut o = self.obj(v, path)?;
         let _weight = self.uint(&mut o, "weight");
         let mut out = None;
@@ -666,7 +693,10 @@ impl Checker {
             Some("always") | Some("Always") => PrefixMode::Always,
             Some("never") | Some("Never") => PrefixMode::Never,
             Some(other) => {
-                self.err(&join(&path, "prefixMode"), format!("{other:?}: expected conditional, always or never"));
+                self.err(
+                    &join(&path, "prefixMode"),
+                    format!("{other:?}: expected conditional, always or never"),
+                );
                 PrefixMode::Conditional
             }
         };
@@ -674,25 +704,39 @@ impl Checker {
             None | Some("failClosed") | Some("FailClosed") => FailureMode::FailClosed,
             Some("failOpen") | Some("FailOpen") => FailureMode::FailOpen,
             Some(other) => {
-                self.err(&join(&path, "failureMode"), format!("{other:?}: expected failClosed or failOpen"));
+                self.err(
+                    &join(&path, "failureMode"),
+                    format!("{other:?}: expected failClosed or failOpen"),
+                );
                 FailureMode::FailClosed
             }
         };
         if let Some(m) = self.string(o, "statefulMode") {
             if !m.eq_ignore_ascii_case("stateful") {
-                self.err(&join(&path, "statefulMode"), format!("{m:?} is not supported yet (only stateful)"));
+                self.err(
+                    &join(&path, "statefulMode"),
+                    format!("{m:?} is not supported yet (only stateful)"),
+                );
             }
         }
         let mut targets = Vec::new();
         let mut names = HashSet::new();
         let tpaths = self.seq(o, "targets");
-        if tpaths.is_empty() && !self.errors.iter().any(|e| e.path.starts_with(&join(&path, "targets"))) {
+        if tpaths.is_empty()
+            && !self
+                .errors
+                .iter()
+                .any(|e| e.path.starts_with(&join(&path, "targets")))
+        {
             self.err(&join(&path, "targets"), "missing (at least one target)");
         }
         for (tpath, t) in tpaths {
             if let Some(t) = self.target(t, &tpath) {
                 if !names.insert(t.name.clone()) {
-                    self.err(&join(&tpath, "name"), format!("duplicate target name {:?}", t.name));
+                    self.err(
+                        &join(&tpath, "name"),
+                        format!("duplicate target name {:?}", t.name),
+                    );
                 }
                 targets.push(t);
             }
@@ -713,9 +757,15 @@ impl Checker {
             if n.is_empty() {
                 self.err(&npath, "must not be empty");
             } else if n.contains('_') {
-                self.err(&npath, "must not contain `_` (it separates the target from tool names)");
+                self.err(
+                    &npath,
+                    "must not contain `_` (it separates the target from tool names)",
+                );
             } else if n.contains('+') {
-                self.err(&npath, "must not contain `+` (it separates the target from resource URIs)");
+                self.err(
+                    &npath,
+                    "must not contain `+` (it separates the target from resource URIs)",
+                );
             }
         }
         let mut kind = None;
@@ -772,7 +822,11 @@ impl Checker {
             }
         }
         self.finish(o);
-        Some(StdioTarget { cmd: cmd?, args, env })
+        Some(StdioTarget {
+            cmd: cmd?,
+            args,
+            env,
+        })
     }
 
     /// `mcp: {port, targets, policies, ...}` at the top level: one bind serving one backend.
@@ -832,8 +886,10 @@ mod tests {
 
     #[test]
     fn shorthand_form() {
-        let c = Config::parse("mcp:\n  port: 3000\n  targets:\n  - name: demo\n    stdio: {cmd: mcplex-demo}\n")
-            .expect("valid");
+        let c = Config::parse(
+            "mcp:\n  port: 3000\n  targets:\n  - name: demo\n    stdio: {cmd: mcplex-demo}\n",
+        )
+        .expect("valid");
         assert_eq!(c.binds.len(), 1);
         assert_eq!(c.binds[0].addr.to_string(), "127.0.0.1:3000");
         let b = &c.binds[0].listeners[0].routes[0].backend;
@@ -887,18 +943,38 @@ binds:
 "#;
         let errs = errors(text);
         let p = "binds[0].listeners[0].routes[0].backends[0].mcp.targets";
-        assert!(errs.contains(&format!("{p}[1].stdio.cmd: missing")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with(&format!("{p}[1].name: must not contain"))), "{errs:?}");
-        assert!(errs.contains(&format!("{p}[2].bogus: unknown field")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with(&format!("{p}[2].name: duplicate"))), "{errs:?}");
+        assert!(
+            errs.contains(&format!("{p}[1].stdio.cmd: missing")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("{p}[1].name: must not contain"))),
+            "{errs:?}"
+        );
+        assert!(
+            errs.contains(&format!("{p}[2].bogus: unknown field")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("{p}[2].name: duplicate"))),
+            "{errs:?}"
+        );
     }
 
     #[test]
     fn later_features_are_rejected_not_ignored() {
         let text = "mcp:\n  port: 1\n  policies: {cors: {allowOrigins: ['*']}}\n  targets:\n  - name: r\n    mcp: {host: 'http://x/mcp'}\n";
         let errs = errors(text);
-        assert!(errs.contains(&"mcp.policies.cors: not supported yet".to_string()), "{errs:?}");
-        assert!(errs.contains(&"mcp.targets[0].mcp: not supported yet".to_string()), "{errs:?}");
+        assert!(
+            errs.contains(&"mcp.policies.cors: not supported yet".to_string()),
+            "{errs:?}"
+        );
+        assert!(
+            errs.contains(&"mcp.targets[0].mcp: not supported yet".to_string()),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -915,7 +991,14 @@ binds:
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for text in ["", "- 1", "binds: 3", "mcp: {port: -1}", "binds: [{port: 99999}]", ":\n:"] {
+        for text in [
+            "",
+            "- 1",
+            "binds: 3",
+            "mcp: {port: -1}",
+            "binds: [{port: 99999}]",
+            ":\n:",
+        ] {
             assert!(Config::parse(text).is_err(), "{text:?}");
         }
     }

@@ -150,7 +150,13 @@ impl Conn {
     }
 
     /// Queues a whole response.
-    pub fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], keep_alive: bool) {
+    pub fn respond(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        keep_alive: bool,
+    ) {
         response::write_full(&mut self.wbuf, status, headers, body, keep_alive);
         if !keep_alive {
             self.closing = true;
@@ -159,11 +165,22 @@ impl Conn {
 
     /// Queues a short plain-text error response.
     pub fn respond_text(&mut self, status: u16, text: &str, keep_alive: bool) {
-        self.respond(status, &[("Content-Type", "text/plain; charset=utf-8")], text.as_bytes(), keep_alive);
+        self.respond(
+            status,
+            &[("Content-Type", "text/plain; charset=utf-8")],
+            text.as_bytes(),
+            keep_alive,
+        );
     }
 
     /// Queues a JSON response.
-    pub fn respond_json(&mut self, status: u16, extra: &[(&str, &str)], body: &Value, keep_alive: bool) {
+    pub fn respond_json(
+        &mut self,
+        status: u16,
+        extra: &[(&str, &str)],
+        body: &Value,
+        keep_alive: bool,
+    ) {
         let mut headers = vec![("Content-Type", "application/json")];
         headers.extend_from_slice(extra);
         let bytes = serde_json::to_vec(body).unwrap_or_default();
@@ -172,7 +189,10 @@ impl Conn {
 
     /// Starts an SSE response (chunked for HTTP/1.1 peers, close-delimited for HTTP/1.0).
     pub fn start_sse(&mut self, extra: &[(&str, &str)], chunked: bool) {
-        let mut headers = vec![("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")];
+        let mut headers = vec![
+            ("Content-Type", "text/event-stream"),
+            ("Cache-Control", "no-cache"),
+        ];
         headers.extend_from_slice(extra);
         response::write_stream_head(&mut self.wbuf, 200, &headers, chunked);
         self.chunked = chunked;

@@ -9,10 +9,12 @@ use crate::http::Status;
 use crate::jsonrpc::{self, Kind};
 use crate::log;
 use crate::log::short_id;
+use crate::mcp;
 use crate::mcp::aggregate::{self, Part};
 use crate::mcp::route::Dest;
-use crate::mcp::session::{new_session_id, Call, CallKind, Phase, Session, TargetSlot, TargetState};
-use crate::mcp;
+use crate::mcp::session::{
+    new_session_id, Call, CallKind, Phase, Session, TargetSlot, TargetState,
+};
 use crate::signals::Signals;
 use crate::timer::Timers;
 use crate::upstream::stdio::{ReadOutcome, StdioChild};
@@ -102,11 +104,13 @@ impl Gateway {
         let mut local_addrs = Vec::new();
         let mut next_token = 1;
         for (i, b) in cfg.binds.iter().enumerate() {
-            let mut l = TcpListener::bind(b.addr)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", b.addr)))?;
+            let mut l = TcpListener::bind(b.addr).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", b.addr))
+            })?;
             let token = Token(next_token);
             next_token += 1;
-            poll.registry().register(&mut l, token, Interest::READABLE)?;
+            poll.registry()
+                .register(&mut l, token, Interest::READABLE)?;
             owners.insert(token, Owner::Listener(i));
             local_addrs.push(l.local_addr()?);
             listeners.push(Some(l));
@@ -246,10 +250,10 @@ impl Gateway {
             return;
         }
         let token = self.token(Owner::Conn);
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
         {
             log!("cannot register connection: {e}");
             self.owners.remove(&token);
@@ -379,7 +383,11 @@ impl Gateway {
         let backend = Rc::clone(&route.backend);
         let p = req.path.as_str();
         if p.ends_with("/sse") || p.ends_with("/message") || p.ends_with("/messages") {
-            c.respond_text(404, "the legacy HTTP+SSE transport is not supported yet; use /mcp\n", keep_alive);
+            c.respond_text(
+                404,
+                "the legacy HTTP+SSE transport is not supported yet; use /mcp\n",
+                keep_alive,
+            );
             return;
         }
         match req.method.as_str() {
@@ -388,7 +396,10 @@ impl Gateway {
             "DELETE" => self.delete(id, req, keep_alive),
             _ => c.respond(
                 405,
-                &[("Allow", "GET, POST, DELETE"), ("Content-Type", "text/plain")],
+                &[
+                    ("Allow", "GET, POST, DELETE"),
+                    ("Content-Type", "text/plain"),
+                ],
                 b"method not allowed\n",
                 keep_alive,
             ),
@@ -424,7 +435,11 @@ impl Gateway {
             return;
         }
         if !accepts(&req, "application/json") || !accepts(&req, "text/event-stream") {
-            c.respond_text(406, "Accept must include application/json and text/event-stream\n", keep_alive);
+            c.respond_text(
+                406,
+                "Accept must include application/json and text/event-stream\n",
+                keep_alive,
+            );
             return;
         }
         let body = match jsonrpc::parse_body(&req.body) {
@@ -434,10 +449,17 @@ impl Gateway {
                 return;
             }
         };
-        let init = body.messages.iter().position(|m| jsonrpc::method(m) == "initialize" && m.get("id").is_some());
+        let init = body
+            .messages
+            .iter()
+            .position(|m| jsonrpc::method(m) == "initialize" && m.get("id").is_some());
         if let Some(i) = init {
             if body.messages.len() > 1 {
-                let e = jsonrpc::error(Value::Null, jsonrpc::INVALID_REQUEST, "initialize must be sent alone");
+                let e = jsonrpc::error(
+                    Value::Null,
+                    jsonrpc::INVALID_REQUEST,
+                    "initialize must be sent alone",
+                );
                 c.respond_json(400, &[], &e, keep_alive);
                 return;
             }
@@ -464,8 +486,15 @@ impl Gateway {
             match jsonrpc::classify(&m) {
                 Ok(kind) => valid.push((kind, m)),
                 Err(why) => {
-                    let id = m.get("id").filter(|i| i.is_string() || i.is_number()).cloned();
-                    errors.push(jsonrpc::error(id.unwrap_or(Value::Null), jsonrpc::INVALID_REQUEST, why));
+                    let id = m
+                        .get("id")
+                        .filter(|i| i.is_string() || i.is_number())
+                        .cloned();
+                    errors.push(jsonrpc::error(
+                        id.unwrap_or(Value::Null),
+                        jsonrpc::INVALID_REQUEST,
+                        why,
+                    ));
                 }
             }
         }
@@ -480,7 +509,11 @@ impl Gateway {
             if errors.is_empty() {
                 c.respond(202, &[], b"", keep_alive);
             } else {
-                let body = if body.batch { Value::Array(errors) } else { errors.remove(0) };
+                let body = if body.batch {
+                    Value::Array(errors)
+                } else {
+                    errors.remove(0)
+                };
                 c.respond_json(400, &[], &body, keep_alive);
             }
             return;
@@ -555,11 +588,23 @@ impl Gateway {
 
     // ---- sessions ------------------------------------------------------------------------
 
-    fn begin_session(&mut self, id: usize, msg: Value, backend: Rc<McpBackend>, chunked: bool, keep_alive: bool) {
+    fn begin_session(
+        &mut self,
+        id: usize,
+        msg: Value,
+        backend: Rc<McpBackend>,
+        chunked: bool,
+        keep_alive: bool,
+    ) {
         let client_id = msg.get("id").cloned().unwrap_or(Value::Null);
         let refuse = |gw: &mut Gateway, code: i64, why: &str| {
             if let Some(c) = gw.conns.get_mut(&id) {
-                c.respond_json(200, &[], &jsonrpc::error(client_id.clone(), code, why), keep_alive);
+                c.respond_json(
+                    200,
+                    &[],
+                    &jsonrpc::error(client_id.clone(), code, why),
+                    keep_alive,
+                );
             }
         };
         if jsonrpc::classify(&msg).is_err() {
@@ -570,17 +615,35 @@ impl Gateway {
         }
         let sid = match new_session_id() {
             Ok(s) => s,
-            Err(e) => return refuse(self, jsonrpc::INTERNAL_ERROR, &format!("cannot create a session id: {e}")),
+            Err(e) => {
+                return refuse(
+                    self,
+                    jsonrpc::INTERNAL_ERROR,
+                    &format!("cannot create a session id: {e}"),
+                )
+            }
         };
         let mut params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
-        let asked = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
-        let version = if mcp::is_supported(asked) { asked } else { mcp::LATEST_VERSION }.to_string();
+        let asked = params
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let version = if mcp::is_supported(asked) {
+            asked
+        } else {
+            mcp::LATEST_VERSION
+        }
+        .to_string();
         params["protocolVersion"] = Value::String(version.clone());
         let sk = self.next_session;
         self.next_session += 1;
         let mut s = Session::new(sid.clone(), Rc::clone(&backend), params.clone());
         s.version = version;
-        log!("[{}] session started ({} target(s))", short_id(&sid), backend.targets.len());
+        log!(
+            "[{}] session started ({} target(s))",
+            short_id(&sid),
+            backend.targets.len()
+        );
         self.sessions.insert(sk, s);
         self.session_ids.insert(sid.clone(), sk);
 
@@ -640,7 +703,15 @@ impl Gateway {
             c.chunked = chunked;
         }
         let timeout = self.cfg.limits.init_timeout;
-        self.start_call(sk, Some(id), client_id, "initialize", CallKind::Initialize, parts, timeout);
+        self.start_call(
+            sk,
+            Some(id),
+            client_id,
+            "initialize",
+            CallKind::Initialize,
+            parts,
+            timeout,
+        );
     }
 
     fn register_child(&mut self, child: &mut StdioChild, tokens: [Token; 3]) -> io::Result<()> {
@@ -667,7 +738,11 @@ impl Gateway {
         log!("[{}] session ended: {why}", short_id(&s.id));
         let calls: Vec<Call> = s.calls.drain().map(|(_, c)| c).collect();
         for call in calls {
-            let e = jsonrpc::error(call.client_id, jsonrpc::UPSTREAM_ERROR, &format!("session ended: {why}"));
+            let e = jsonrpc::error(
+                call.client_id,
+                jsonrpc::UPSTREAM_ERROR,
+                &format!("session ended: {why}"),
+            );
             self.reply(call.conn, e);
         }
         if let Some(g) = s.get_stream.take() {
@@ -775,7 +850,10 @@ impl Gateway {
                 }
             }
         }
-        let all_failed = s.phase == Phase::Ready && s.targets.iter().all(|x| matches!(x.state, TargetState::Failed(_)));
+        let all_failed = s.phase == Phase::Ready
+            && s.targets
+                .iter()
+                .all(|x| matches!(x.state, TargetState::Failed(_)));
         if all_failed {
             log!("[{}] session failed: no target left", short_id(&s.id));
         }
@@ -807,11 +885,19 @@ impl Gateway {
             return;
         };
         if method == "initialize" {
-            let e = jsonrpc::error(client_id, jsonrpc::INVALID_REQUEST, "session is already initialized");
+            let e = jsonrpc::error(
+                client_id,
+                jsonrpc::INVALID_REQUEST,
+                "session is already initialized",
+            );
             return self.reply(Some(conn), e);
         }
         if s.calls.len() >= self.cfg.limits.max_inflight {
-            let e = jsonrpc::error(client_id, jsonrpc::UPSTREAM_ERROR, "too many requests in flight for this session");
+            let e = jsonrpc::error(
+                client_id,
+                jsonrpc::UPSTREAM_ERROR,
+                "too many requests in flight for this session",
+            );
             return self.reply(Some(conn), e);
         }
         let timeout = self.cfg.limits.request_timeout;
@@ -820,15 +906,34 @@ impl Gateway {
             Ok(Dest::One(t, p)) => {
                 if let Some(TargetState::Failed(why)) = s.targets.get(t).map(|x| &x.state) {
                     let why = format!("target {} is unavailable: {why}", s.naming.targets[t]);
-                    return self.reply(Some(conn), jsonrpc::error(client_id, jsonrpc::UPSTREAM_ERROR, &why));
+                    return self.reply(
+                        Some(conn),
+                        jsonrpc::error(client_id, jsonrpc::UPSTREAM_ERROR, &why),
+                    );
                 }
-                self.start_call(sk, Some(conn), client_id, &method, CallKind::Forward, vec![(t, p)], timeout);
+                self.start_call(
+                    sk,
+                    Some(conn),
+                    client_id,
+                    &method,
+                    CallKind::Forward,
+                    vec![(t, p)],
+                    timeout,
+                );
             }
             Ok(Dest::All) => {
-                let cursor = params.as_ref().and_then(|p| p.get("cursor")).and_then(Value::as_str);
+                let cursor = params
+                    .as_ref()
+                    .and_then(|p| p.get("cursor"))
+                    .and_then(Value::as_str);
                 let pages = match aggregate::decode_cursor(cursor, s.targets.len()) {
                     Ok(p) => p,
-                    Err(why) => return self.reply(Some(conn), jsonrpc::error(client_id, jsonrpc::INVALID_PARAMS, &why)),
+                    Err(why) => {
+                        return self.reply(
+                            Some(conn),
+                            jsonrpc::error(client_id, jsonrpc::INVALID_PARAMS, &why),
+                        )
+                    }
                 };
                 let mut parts = Vec::new();
                 for (t, cur) in pages {
@@ -844,9 +949,20 @@ impl Gateway {
                     }
                     parts.push((t, Some(p)));
                 }
-                self.start_call(sk, Some(conn), client_id, &method, CallKind::FanOut, parts, timeout);
+                self.start_call(
+                    sk,
+                    Some(conn),
+                    client_id,
+                    &method,
+                    CallKind::FanOut,
+                    parts,
+                    timeout,
+                );
             }
-            Err(why) => self.reply(Some(conn), jsonrpc::error(client_id, jsonrpc::INVALID_PARAMS, &why)),
+            Err(why) => self.reply(
+                Some(conn),
+                jsonrpc::error(client_id, jsonrpc::INVALID_PARAMS, &why),
+            ),
         }
     }
 
@@ -860,7 +976,10 @@ impl Gateway {
                     return;
                 };
                 if let Some(&call) = s.by_client_id.get(&jsonrpc::id_key(rid)) {
-                    let reason = msg.pointer("/params/reason").and_then(Value::as_str).unwrap_or("cancelled by the client");
+                    let reason = msg
+                        .pointer("/params/reason")
+                        .and_then(Value::as_str)
+                        .unwrap_or("cancelled by the client");
                     let reason = reason.to_string();
                     self.cancel_call(sk, call, &reason);
                 }
@@ -889,7 +1008,10 @@ impl Gateway {
             return;
         };
         let Some((t, orig)) = s.server_requests.remove(&gid) else {
-            log!("[{}] answer to an unknown request id {gid} dropped", short_id(&s.id));
+            log!(
+                "[{}] answer to an unknown request id {gid} dropped",
+                short_id(&s.id)
+            );
             return;
         };
         msg["id"] = orig;
@@ -919,7 +1041,10 @@ impl Gateway {
             let uid = s.alloc_id();
             // Progress tokens become the upstream request id, so a progress notification
             // finds its call with one lookup and no target sees another's token.
-            if let Some(tok) = params.as_mut().and_then(|p| p.pointer_mut("/_meta/progressToken")) {
+            if let Some(tok) = params
+                .as_mut()
+                .and_then(|p| p.pointer_mut("/_meta/progressToken"))
+            {
                 progress = Some(std::mem::replace(tok, json!(uid)));
             }
             s.upstream.insert(uid, cid);
@@ -957,7 +1082,10 @@ impl Gateway {
         let s = self.sessions.get_mut(&sk).ok_or("session ended")?;
         let slot = s.targets.get_mut(t).ok_or("no such target")?;
         let name = slot.name.clone();
-        let child = slot.child.as_mut().ok_or_else(|| format!("target {name} is not running"))?;
+        let child = slot
+            .child
+            .as_mut()
+            .ok_or_else(|| format!("target {name} is not running"))?;
         let bytes = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
         if let Err(e) = child.send(&bytes) {
             let why = format!("cannot write to target {name}: {e}");
@@ -1035,7 +1163,11 @@ impl Gateway {
     }
 
     fn finish_part(&mut self, sk: u64, cid: u64, part: usize, r: Result<Value, Value>) {
-        let Some(call) = self.sessions.get_mut(&sk).and_then(|s| s.calls.get_mut(&cid)) else {
+        let Some(call) = self
+            .sessions
+            .get_mut(&sk)
+            .and_then(|s| s.calls.get_mut(&cid))
+        else {
             return;
         };
         let Some(slot) = call.parts.get_mut(part) else {
@@ -1065,7 +1197,9 @@ impl Gateway {
                     aggregate::prefix_result_uris(&mut v, t, &s.naming);
                     jsonrpc::result(call.client_id, v)
                 }
-                Some((_, _, Some(Err(e)))) => json!({"jsonrpc": "2.0", "id": call.client_id, "error": e}),
+                Some((_, _, Some(Err(e)))) => {
+                    json!({"jsonrpc": "2.0", "id": call.client_id, "error": e})
+                }
                 _ => jsonrpc::error(call.client_id, jsonrpc::INTERNAL_ERROR, "no answer"),
             },
             CallKind::FanOut => {
@@ -1073,7 +1207,10 @@ impl Gateway {
                     .parts
                     .iter()
                     .filter_map(|(t, _, r)| match r {
-                        Some(Ok(v)) => Some(Part { target: *t, result: v }),
+                        Some(Ok(v)) => Some(Part {
+                            target: *t,
+                            result: v,
+                        }),
                         _ => None,
                     })
                     .collect();
@@ -1083,8 +1220,13 @@ impl Gateway {
                 });
                 match (ok.is_empty(), first_err) {
                     (true, Some(e)) => json!({"jsonrpc": "2.0", "id": call.client_id, "error": e}),
-                    _ if call.method == "logging/setLevel" => jsonrpc::result(call.client_id, json!({})),
-                    _ => jsonrpc::result(call.client_id.clone(), aggregate::merge_list(&call.method, &ok, &s.naming)),
+                    _ if call.method == "logging/setLevel" => {
+                        jsonrpc::result(call.client_id, json!({}))
+                    }
+                    _ => jsonrpc::result(
+                        call.client_id.clone(),
+                        aggregate::merge_list(&call.method, &ok, &s.naming),
+                    ),
                 }
             }
             CallKind::Initialize => return self.complete_init(sk, call),
@@ -1106,7 +1248,10 @@ impl Gateway {
                     slot.init_result = Some(v.clone());
                 }
                 Some(Err(e)) => {
-                    let msg = e.get("message").and_then(Value::as_str).unwrap_or("initialize failed");
+                    let msg = e
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("initialize failed");
                     slot.state = TargetState::Failed(msg.to_string());
                 }
                 None => {}
@@ -1120,7 +1265,11 @@ impl Gateway {
                 _ => None,
             })
             .collect();
-        let ready = s.targets.iter().filter(|x| x.state == TargetState::Ready).count();
+        let ready = s
+            .targets
+            .iter()
+            .filter(|x| x.state == TargetState::Ready)
+            .count();
         if ready == 0 || (!failed.is_empty() && s.backend.failure_mode == FailureMode::FailClosed) {
             let why = format!("initialize failed: {}", failed.join("; "));
             let e = jsonrpc::error(call.client_id, jsonrpc::UPSTREAM_ERROR, &why);
@@ -1140,7 +1289,12 @@ impl Gateway {
             .targets
             .iter()
             .enumerate()
-            .filter_map(|(t, slot)| slot.init_result.as_ref().map(|r| Part { target: t, result: r }))
+            .filter_map(|(t, slot)| {
+                slot.init_result.as_ref().map(|r| Part {
+                    target: t,
+                    result: r,
+                })
+            })
             .collect();
         // One target: keep the version it chose if we speak it; else the client's (or ours).
         let version = match parts.as_slice() {
@@ -1155,7 +1309,11 @@ impl Gateway {
         };
         let merged = aggregate::merge_initialize(&parts, &s.naming, &version);
         s.version = version;
-        log!("[{}] session ready (protocol {})", short_id(&s.id), s.version);
+        log!(
+            "[{}] session ready (protocol {})",
+            short_id(&s.id),
+            s.version
+        );
         self.reply(call.conn, jsonrpc::result(call.client_id, merged));
     }
 
@@ -1206,7 +1364,9 @@ impl Gateway {
             let mut collected = ex.collected;
             match (ex.batch, collected.len()) {
                 (_, 0) => c.respond(202, &headers, b"", ex.keep_alive),
-                (false, _) => c.respond_json(200, &headers, &collected.swap_remove(0), ex.keep_alive),
+                (false, _) => {
+                    c.respond_json(200, &headers, &collected.swap_remove(0), ex.keep_alive)
+                }
                 (true, _) => c.respond_json(200, &headers, &Value::Array(collected), ex.keep_alive),
             }
         }
@@ -1247,7 +1407,9 @@ impl Gateway {
         match outcome {
             ReadOutcome::Open => {}
             ReadOutcome::Eof => self.target_failed(sk, t, "closed its stdout (exited)"),
-            ReadOutcome::LineTooLong => self.target_failed(sk, t, &format!("wrote a line over {max} bytes")),
+            ReadOutcome::LineTooLong => {
+                self.target_failed(sk, t, &format!("wrote a line over {max} bytes"))
+            }
         }
     }
 
@@ -1295,12 +1457,19 @@ impl Gateway {
                 let Some(cid) = s.upstream.remove(&uid) else {
                     return; // late answer to a cancelled or timed-out request
                 };
-                let Some(part) = s.calls.get(&cid).and_then(|c| c.parts.iter().position(|p| p.1 == uid)) else {
+                let Some(part) = s
+                    .calls
+                    .get(&cid)
+                    .and_then(|c| c.parts.iter().position(|p| p.1 == uid))
+                else {
                     return;
                 };
                 let r = match msg.get_mut("error") {
                     Some(e) => Err(e.take()),
-                    None => Ok(msg.get_mut("result").map(Value::take).unwrap_or(Value::Null)),
+                    None => Ok(msg
+                        .get_mut("result")
+                        .map(Value::take)
+                        .unwrap_or(Value::Null)),
                 };
                 self.finish_part(sk, cid, part, r);
             }
@@ -1311,7 +1480,10 @@ impl Gateway {
                 self.deliver(sk, msg, Hint::Target(t));
             }
             Ok(Kind::Notification) => self.target_notification(sk, t, msg),
-            Err(why) => log!("[{}] target sent an invalid message ({why}); ignored", short_id(&s.id)),
+            Err(why) => log!(
+                "[{}] target sent an invalid message ({why}); ignored",
+                short_id(&s.id)
+            ),
         }
     }
 
@@ -1337,8 +1509,15 @@ impl Gateway {
             }
             "notifications/cancelled" => {
                 // The target withdraws one of its requests to the client: translate its id.
-                let rid = msg.pointer("/params/requestId").cloned().unwrap_or(Value::Null);
-                let gid = s.server_requests.iter().find(|(_, (tt, o))| *tt == t && *o == rid).map(|(g, _)| *g);
+                let rid = msg
+                    .pointer("/params/requestId")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let gid = s
+                    .server_requests
+                    .iter()
+                    .find(|(_, (tt, o))| *tt == t && *o == rid)
+                    .map(|(g, _)| *g);
                 let Some(gid) = gid else {
                     return;
                 };
@@ -1366,8 +1545,13 @@ impl Gateway {
             Hint::Target(t) => s.newest_call_on(t),
         };
         let post_conn = call.and_then(|cid| s.calls.get(&cid)).and_then(|c| c.conn);
-        let init = s.phase == Phase::Initializing && s.calls.values().any(|c| c.kind == CallKind::Initialize);
-        let target_conn = if init { None } else { post_conn.or(s.get_stream) };
+        let init = s.phase == Phase::Initializing
+            && s.calls.values().any(|c| c.kind == CallKind::Initialize);
+        let target_conn = if init {
+            None
+        } else {
+            post_conn.or(s.get_stream)
+        };
         let Some(id) = target_conn.filter(|id| self.conns.contains_key(id)) else {
             s.push_backlog(msg);
             return;
@@ -1381,7 +1565,8 @@ impl Gateway {
                     ex.streaming = true;
                     let collected = std::mem::take(&mut ex.collected);
                     let sid = ex.session_header.clone();
-                    let headers: Vec<(&str, &str)> = sid.iter().map(|v| ("Mcp-Session-Id", v.as_str())).collect();
+                    let headers: Vec<(&str, &str)> =
+                        sid.iter().map(|v| ("Mcp-Session-Id", v.as_str())).collect();
                     let chunked = c.chunked;
                     c.start_sse(&headers, chunked);
                     for m in &collected {
@@ -1412,12 +1597,16 @@ impl Gateway {
         for (&id, c) in self.conns.iter_mut() {
             match c.state {
                 ConnState::Idle => {
-                    let slow = c.request_started.is_some_and(|t| now.duration_since(t) >= header_timeout);
+                    let slow = c
+                        .request_started
+                        .is_some_and(|t| now.duration_since(t) >= header_timeout);
                     if slow {
                         c.respond_text(408, "request timeout\n", false);
                         let _ = c.flush();
                         close.push(id);
-                    } else if c.rbuf.is_empty() && now.duration_since(c.last_active) >= IDLE_CONN_TIMEOUT {
+                    } else if c.rbuf.is_empty()
+                        && now.duration_since(c.last_active) >= IDLE_CONN_TIMEOUT
+                    {
                         close.push(id);
                     }
                 }
@@ -1440,7 +1629,11 @@ impl Gateway {
         let expired: Vec<u64> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.get_stream.is_none() && s.calls.is_empty() && now.duration_since(s.last_active) >= ttl)
+            .filter(|(_, s)| {
+                s.get_stream.is_none()
+                    && s.calls.is_empty()
+                    && now.duration_since(s.last_active) >= ttl
+            })
             .map(|(k, _)| *k)
             .collect();
         for sk in expired {
@@ -1451,7 +1644,12 @@ impl Gateway {
         let late: Vec<(u64, u64)> = self
             .sessions
             .iter()
-            .flat_map(|(&sk, s)| s.calls.iter().filter(|(_, c)| c.deadline <= now).map(move |(&cid, _)| (sk, cid)))
+            .flat_map(|(&sk, s)| {
+                s.calls
+                    .iter()
+                    .filter(|(_, c)| c.deadline <= now)
+                    .map(move |(&cid, _)| (sk, cid))
+            })
             .collect();
         for (sk, cid) in late {
             self.call_timeout(sk, cid);
@@ -1484,7 +1682,8 @@ impl Gateway {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         let mut events = Events::with_capacity(16);
         while !self.dying.is_empty() && Instant::now() < deadline {
-            self.dying.retain_mut(|d| matches!(d.child.try_wait(), Ok(None)));
+            self.dying
+                .retain_mut(|d| matches!(d.child.try_wait(), Ok(None)));
             let _ = self.poll.poll(&mut events, Some(Duration::from_millis(20)));
             let _ = self.signals.take();
         }
@@ -1502,12 +1701,19 @@ fn find_route<'a>(bind: &'a crate::config::Bind, host: &str, path: &str) -> Opti
         .iter()
         .filter(|l| l.hostname.as_deref().is_none_or(|h| host_matches(h, host)))
         .flat_map(|l| l.routes.iter())
-        .find(|r| (r.hostnames.is_empty() || r.hostnames.iter().any(|h| host_matches(h, host))) && r.matches_path(path))
+        .find(|r| {
+            (r.hostnames.is_empty() || r.hostnames.iter().any(|h| host_matches(h, host)))
+                && r.matches_path(path)
+        })
 }
 
 fn host_matches(pattern: &str, host: &str) -> bool {
     match pattern.strip_prefix("*.") {
-        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.'),
+        Some(suffix) => {
+            host.len() > suffix.len() + 1
+                && host.ends_with(suffix)
+                && host[..host.len() - suffix.len()].ends_with('.')
+        }
         None => pattern.eq_ignore_ascii_case(host),
     }
 }
@@ -1546,7 +1752,10 @@ fn check_origin(req: &Request, addr: SocketAddr) -> Result<(), &'static str> {
 
 /// Whether a Content-Type names `want` (parameters such as charset allowed).
 fn media_type_is(value: &str, want: &str) -> bool {
-    value.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(want))
+    value
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(want))
 }
 
 /// Whether the Accept header allows `want` (`*/*` and `type/*` count).
@@ -1554,7 +1763,10 @@ fn accepts(req: &Request, want: &str) -> bool {
     let major = want.split('/').next().unwrap_or("");
     req.header_values("accept").any(|v| {
         let t = v.split(';').next().unwrap_or("").trim();
-        t.eq_ignore_ascii_case(want) || t == "*/*" || t.strip_suffix("/*").is_some_and(|m| m.eq_ignore_ascii_case(major))
+        t.eq_ignore_ascii_case(want)
+            || t == "*/*"
+            || t.strip_suffix("/*")
+                .is_some_and(|m| m.eq_ignore_ascii_case(major))
     })
 }
 
@@ -1567,6 +1779,9 @@ mod tests {
         assert_eq!(strip_port("localhost:3000"), "localhost");
         assert_eq!(strip_port("[::1]:3000"), "::1");
         assert!(is_local_host("127.0.0.1:80") && !is_local_host("evil.example.com"));
-        assert!(host_matches("*.example.com", "a.example.com") && !host_matches("*.example.com", "example.com"));
+        assert!(
+            host_matches("*.example.com", "a.example.com")
+                && !host_matches("*.example.com", "example.com")
+        );
     }
 }

@@ -33,7 +33,9 @@ pub fn classify(v: &Value) -> Result<Kind, &'static str> {
         (Some(Value::String(_)), Some(id)) if id_ok(id) => Ok(Kind::Request),
         (Some(Value::String(_)), Some(_)) => Err("id must be a string or an integer"),
         (Some(_), _) => Err("method must be a string"),
-        (None, Some(_)) if o.contains_key("result") != o.contains_key("error") => Ok(Kind::Response),
+        (None, Some(_)) if o.contains_key("result") != o.contains_key("error") => {
+            Ok(Kind::Response)
+        }
         (None, _) => Err("neither a request, a notification nor a response"),
     }
 }
@@ -50,7 +52,9 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, Value> {
     let v: Value = serde_json::from_slice(bytes)
         .map_err(|e| error(Value::Null, PARSE_ERROR, &format!("Parse error: {e}")))?;
     match v {
-        Value::Array(items) if items.is_empty() => Err(error(Value::Null, INVALID_REQUEST, "empty batch")),
+        Value::Array(items) if items.is_empty() => {
+            Err(error(Value::Null, INVALID_REQUEST, "empty batch"))
+        }
         Value::Array(items) => Ok(Body {
             messages: items,
             batch: true,
@@ -115,11 +119,26 @@ mod tests {
     #[test]
     fn classifies() {
         let cases = [
-            (json!({"jsonrpc":"2.0","id":1,"method":"ping"}), Ok(Kind::Request)),
-            (json!({"jsonrpc":"2.0","id":"a","method":"ping"}), Ok(Kind::Request)),
-            (json!({"jsonrpc":"2.0","method":"notifications/initialized"}), Ok(Kind::Notification)),
-            (json!({"jsonrpc":"2.0","id":1,"result":{}}), Ok(Kind::Response)),
-            (json!({"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}), Ok(Kind::Response)),
+            (
+                json!({"jsonrpc":"2.0","id":1,"method":"ping"}),
+                Ok(Kind::Request),
+            ),
+            (
+                json!({"jsonrpc":"2.0","id":"a","method":"ping"}),
+                Ok(Kind::Request),
+            ),
+            (
+                json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+                Ok(Kind::Notification),
+            ),
+            (
+                json!({"jsonrpc":"2.0","id":1,"result":{}}),
+                Ok(Kind::Response),
+            ),
+            (
+                json!({"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}),
+                Ok(Kind::Response),
+            ),
         ];
         for (v, want) in cases {
             assert_eq!(classify(&v), want, "{v}");
@@ -139,11 +158,16 @@ mod tests {
 
     #[test]
     fn parses_bodies() {
-        assert!(!parse_body(br#"{"jsonrpc":"2.0","method":"x"}"#).map(|b| b.batch).unwrap_or(true));
+        assert!(!parse_body(br#"{"jsonrpc":"2.0","method":"x"}"#)
+            .map(|b| b.batch)
+            .unwrap_or(true));
         assert_eq!(parse_body(b"[1,2]").map(|b| b.messages.len()).ok(), Some(2));
         let e = parse_body(b"{oops").err().unwrap_or_default();
         assert_eq!(e["error"]["code"], PARSE_ERROR);
-        assert_eq!(parse_body(b"[]").err().unwrap_or_default()["error"]["code"], INVALID_REQUEST);
+        assert_eq!(
+            parse_body(b"[]").err().unwrap_or_default()["error"]["code"],
+            INVALID_REQUEST
+        );
         assert_ne!(id_key(&json!(1)), id_key(&json!("1")));
     }
 }

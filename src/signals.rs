@@ -30,7 +30,12 @@ impl Signals {
         let shutdown = Arc::new(AtomicBool::new(false));
         let child = Arc::new(AtomicBool::new(false));
         let reload = Arc::new(AtomicBool::new(false));
-        for (sig, flag) in [(SIGINT, &shutdown), (SIGTERM, &shutdown), (SIGCHLD, &child), (SIGHUP, &reload)] {
+        for (sig, flag) in [
+            (SIGINT, &shutdown),
+            (SIGTERM, &shutdown),
+            (SIGCHLD, &child),
+            (SIGHUP, &reload),
+        ] {
             signal_hook::flag::register(sig, Arc::clone(flag))?;
             signal_hook::low_level::pipe::register(sig, tx.try_clone()?)?;
         }

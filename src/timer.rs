@@ -30,7 +30,9 @@ impl<K> Timers<K> {
 
     /// How long until the next deadline (None: no timers).
     pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
-        self.heap.peek().map(|Reverse((at, _))| at.saturating_duration_since(now))
+        self.heap
+            .peek()
+            .map(|Reverse((at, _))| at.saturating_duration_since(now))
     }
 
     /// The next expired timer, if any.

@@ -126,7 +126,8 @@ mod tests {
 
     #[test]
     fn decodes_body_with_extensions_and_trailers() {
-        let input = b"4;x=y\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let input =
+            b"4;x=y\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         let Ok(Status::Complete(body, used)) = decode(input, 1000) else {
             panic!("not complete");
         };
@@ -138,11 +139,18 @@ mod tests {
     fn every_split_is_partial_then_complete() {
         let input = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n";
         for cut in 0..input.len() {
-            assert_eq!(decode(&input[..cut], 100), Ok(Status::Partial), "cut at {cut}");
+            assert_eq!(
+                decode(&input[..cut], 100),
+                Ok(Status::Partial),
+                "cut at {cut}"
+            );
         }
         assert_eq!(
             decode(input, 100),
-            Ok(Status::Complete(b"abc0123456789abcdef".to_vec(), input.len()))
+            Ok(Status::Complete(
+                b"abc0123456789abcdef".to_vec(),
+                input.len()
+            ))
         );
     }
 
@@ -156,8 +164,15 @@ mod tests {
             b"11111111111111111\r\n",
             b"ffffffffffffffff\r\n",
         ] {
-            assert!(decode(bad, 1 << 20).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                decode(bad, 1 << 20).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        assert_eq!(decode(b"5\r\nhello\r\n0\r\n\r\n", 4), Err(HttpError::BodyTooLarge));
+        assert_eq!(
+            decode(b"5\r\nhello\r\n0\r\n\r\n", 4),
+            Err(HttpError::BodyTooLarge)
+        );
     }
 }

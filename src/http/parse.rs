@@ -69,7 +69,10 @@ pub struct Request {
 impl Request {
     /// The first value of a header field (name in lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// All values of a header field, comma lists split, trimmed.
@@ -84,7 +87,10 @@ impl Request {
 
     /// Whether the connection stays open after this request (RFC 9112 section 9.3).
     pub fn keep_alive(&self) -> bool {
-        let has = |tok: &str| self.header_values("connection").any(|v| v.eq_ignore_ascii_case(tok));
+        let has = |tok: &str| {
+            self.header_values("connection")
+                .any(|v| v.eq_ignore_ascii_case(tok))
+        };
         if self.minor_version == 0 {
             has("keep-alive")
         } else {
@@ -158,7 +164,9 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Status<Request>, Htt
             }
             "transfer-encoding" => {
                 if chunked || !value.eq_ignore_ascii_case("chunked") {
-                    return Err(HttpError::NotImplemented("transfer coding other than chunked"));
+                    return Err(HttpError::NotImplemented(
+                        "transfer coding other than chunked",
+                    ));
                 }
                 if minor_version == 0 {
                     return Err(HttpError::BadRequest("Transfer-Encoding in HTTP/1.0"));
@@ -169,7 +177,9 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Status<Request>, Htt
         }
     }
     if chunked && content_length.is_some() {
-        return Err(HttpError::BadRequest("both Content-Length and Transfer-Encoding"));
+        return Err(HttpError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
     }
 
     let rest = &buf[head_len..];
@@ -241,7 +251,11 @@ mod tests {
         ];
         for input in inputs {
             for cut in 0..input.len() {
-                assert_eq!(parse_request(&input[..cut], &LIMITS), Ok(Status::Partial), "cut {cut}");
+                assert_eq!(
+                    parse_request(&input[..cut], &LIMITS),
+                    Ok(Status::Partial),
+                    "cut {cut}"
+                );
             }
             let (r, n) = complete(input);
             assert_eq!((r.body.as_slice(), n), (&b"abc"[..], input.len()));
@@ -251,9 +265,18 @@ mod tests {
     #[test]
     fn smuggling_shapes_are_refused() {
         let cases: [(&[u8], u16); 7] = [
-            (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
-            (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+                400,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                400,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                501,
+            ),
             (b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc", 400),
             (b"POST / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", 400),
             (b"POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n", 413),
@@ -283,7 +306,15 @@ mod tests {
     #[test]
     fn keep_alive_rules() {
         assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").0.keep_alive());
-        assert!(complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").0.keep_alive());
-        assert!(!complete(b"GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n").0.keep_alive());
+        assert!(
+            complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .0
+                .keep_alive()
+        );
+        assert!(
+            !complete(b"GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n")
+                .0
+                .keep_alive()
+        );
     }
 }

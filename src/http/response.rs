@@ -40,7 +40,13 @@ fn head(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)], keep_alive: bo
 }
 
 /// Appends a complete response with a Content-Length body.
-pub fn write_full(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)], body: &[u8], keep_alive: bool) {
+pub fn write_full(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    keep_alive: bool,
+) {
     head(out, status, headers, keep_alive);
     let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
     out.extend_from_slice(body);
@@ -80,7 +86,13 @@ mod tests {
     #[test]
     fn full_response() {
         let mut out = Vec::new();
-        write_full(&mut out, 404, &[("Content-Type", "text/plain")], b"no", false);
+        write_full(
+            &mut out,
+            404,
+            &[("Content-Type", "text/plain")],
+            b"no",
+            false,
+        );
         assert_eq!(
             out,
             b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno"
@@ -96,7 +108,10 @@ mod tests {
         write_last_chunk(&mut out);
         assert_eq!(
             chunked::decode(&out, 1000),
-            Ok(Status::Complete(b"event: message\ndata: {}\n\n".to_vec(), out.len()))
+            Ok(Status::Complete(
+                b"event: message\ndata: {}\n\n".to_vec(),
+                out.len()
+            ))
         );
     }
 }

@@ -88,7 +88,11 @@ pub fn decode(buf: &[u8], max: usize) -> Result<Status<Event>, SseError> {
     let mut any_field = false;
     loop {
         let Some(nl) = buf[pos..].iter().position(|&b| b == b'\n' || b == b'\r') else {
-            return if buf.len() > max { Err(SseError::TooLarge) } else { Ok(Status::Partial) };
+            return if buf.len() > max {
+                Err(SseError::TooLarge)
+            } else {
+                Ok(Status::Partial)
+            };
         };
         let line_end = pos + nl;
         // A CR at the very end may be the first half of CRLF: wait for the next byte.
@@ -148,7 +152,10 @@ mod tests {
     fn encodes_multiline_data() {
         let mut out = Vec::new();
         encode(&mut out, Some("message"), Some("7"), "a\nb\r\nc\rd");
-        assert_eq!(out, b"event: message\nid: 7\ndata: a\ndata: b\ndata: c\ndata: d\n\n");
+        assert_eq!(
+            out,
+            b"event: message\nid: 7\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
     }
 
     #[test]
@@ -169,7 +176,10 @@ mod tests {
         let Ok(Status::Complete(e2, n2)) = decode(&out[n..], 1000) else {
             panic!()
         };
-        assert_eq!((e2.data.as_str(), e2.id.as_deref()), ("{\"x\":\n1}", Some("2")));
+        assert_eq!(
+            (e2.data.as_str(), e2.id.as_deref()),
+            ("{\"x\":\n1}", Some("2"))
+        );
         assert_eq!(n + n2, out.len());
         for cut in 0..n {
             assert_eq!(decode(&out[..cut], 1000), Ok(Status::Partial), "cut {cut}");

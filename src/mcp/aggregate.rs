@@ -50,7 +50,13 @@ pub fn merge_initialize(parts: &[Part<'_>], naming: &Naming, version: &str) -> V
         [(_, only)] if naming.targets.len() == 1 => Some(only.clone()),
         many => Some(
             many.iter()
-                .map(|(t, text)| format!("## {}\n{}", naming.targets.get(*t).map_or("", String::as_str), text))
+                .map(|(t, text)| {
+                    format!(
+                        "## {}\n{}",
+                        naming.targets.get(*t).map_or("", String::as_str),
+                        text
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("\n\n"),
         ),
@@ -74,7 +80,10 @@ pub fn list_shape(method: &str) -> Option<(&'static str, &'static str, bool)> {
 
 /// Decodes a gateway cursor into (target, that target's cursor) pairs. `None` cursor: the
 /// first page of every target.
-pub fn decode_cursor(cursor: Option<&str>, targets: usize) -> Result<Vec<(usize, Option<String>)>, String> {
+pub fn decode_cursor(
+    cursor: Option<&str>,
+    targets: usize,
+) -> Result<Vec<(usize, Option<String>)>, String> {
     let Some(c) = cursor else {
         return Ok((0..targets).map(|t| (t, None)).collect());
     };
@@ -132,7 +141,10 @@ pub fn prefix_result_uris(v: &mut Value, target: usize, naming: &Naming) {
         }
     };
     if let Some(Value::Array(contents)) = v.get_mut("contents") {
-        contents.iter_mut().filter_map(|c| c.get_mut("uri")).for_each(fix);
+        contents
+            .iter_mut()
+            .filter_map(|c| c.get_mut("uri"))
+            .for_each(fix);
     }
     let mut blocks: Vec<&mut Value> = Vec::new();
     if let Value::Object(o) = v {
@@ -176,10 +188,27 @@ mod tests {
 
     #[test]
     fn merges_capabilities_and_instructions() {
-        let r0 = json!({"capabilities": {"tools": {"listChanged": false}}, "instructions": "use a"});
+        let r0 =
+            json!({"capabilities": {"tools": {"listChanged": false}}, "instructions": "use a"});
         let r1 = json!({"capabilities": {"tools": {"listChanged": true}, "prompts": {}}});
-        let m = merge_initialize(&[Part { target: 0, result: &r0 }, Part { target: 1, result: &r1 }], &two(), "2025-06-18");
-        assert_eq!(m["capabilities"], json!({"tools": {"listChanged": true}, "prompts": {}}));
+        let m = merge_initialize(
+            &[
+                Part {
+                    target: 0,
+                    result: &r0,
+                },
+                Part {
+                    target: 1,
+                    result: &r1,
+                },
+            ],
+            &two(),
+            "2025-06-18",
+        );
+        assert_eq!(
+            m["capabilities"],
+            json!({"tools": {"listChanged": true}, "prompts": {}})
+        );
         assert_eq!(m["protocolVersion"], "2025-06-18");
         assert_eq!(m["instructions"], "## a\nuse a");
     }
@@ -188,10 +217,26 @@ mod tests {
     fn list_pages_carry_every_cursor() {
         let r0 = json!({"tools": [{"name": "x"}], "nextCursor": "p2"});
         let r1 = json!({"tools": [{"name": "y"}]});
-        let m = merge_list("tools/list", &[Part { target: 0, result: &r0 }, Part { target: 1, result: &r1 }], &two());
+        let m = merge_list(
+            "tools/list",
+            &[
+                Part {
+                    target: 0,
+                    result: &r0,
+                },
+                Part {
+                    target: 1,
+                    result: &r1,
+                },
+            ],
+            &two(),
+        );
         assert_eq!(m["tools"], json!([{"name": "a_x"}, {"name": "b_y"}]));
         let next = m["nextCursor"].as_str().map(str::to_string);
-        assert_eq!(decode_cursor(next.as_deref(), 2), Ok(vec![(0, Some("p2".into()))]));
+        assert_eq!(
+            decode_cursor(next.as_deref(), 2),
+            Ok(vec![(0, Some("p2".into()))])
+        );
         assert!(decode_cursor(Some("junk"), 2).is_err());
         assert!(decode_cursor(Some("[[5,null]]"), 2).is_err());
     }

@@ -75,18 +75,32 @@ impl Naming {
         let (what, pointer, by_uri) = match method {
             "tools/call" => ("tool", "/name", false),
             "prompts/get" => ("prompt", "/name", false),
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => ("resource", "/uri", true),
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                ("resource", "/uri", true)
+            }
             "completion/complete" => match p.pointer("/ref/type").and_then(Value::as_str) {
                 Some("ref/prompt") => ("prompt", "/ref/name", false),
                 Some("ref/resource") => ("resource template", "/ref/uri", true),
-                _ => return Err("completion/complete needs ref.type ref/prompt or ref/resource".into()),
+                _ => {
+                    return Err(
+                        "completion/complete needs ref.type ref/prompt or ref/resource".into(),
+                    )
+                }
             },
-            _ => return Err(format!("method {method} cannot be routed to one of several targets")),
+            _ => {
+                return Err(format!(
+                    "method {method} cannot be routed to one of several targets"
+                ))
+            }
         };
         let Some(Value::String(name)) = p.pointer_mut(pointer) else {
             return Err(format!("missing {what} {}", &pointer[1..]));
         };
-        let split = if by_uri { self.split_uri(name) } else { self.split_name(name) };
+        let split = if by_uri {
+            self.split_uri(name)
+        } else {
+            self.split_name(name)
+        };
         let Some((target, rest)) = split else {
             return Err(format!("unknown {what}: {name}"));
         };
@@ -99,7 +113,11 @@ impl Naming {
 pub fn is_fan_out(method: &str) -> bool {
     matches!(
         method,
-        "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" | "logging/setLevel"
+        "tools/list"
+            | "prompts/list"
+            | "resources/list"
+            | "resources/templates/list"
+            | "logging/setLevel"
     )
 }
 
@@ -109,7 +127,8 @@ pub fn has_scheme(uri: &str) -> bool {
         Some(i) if i > 0 => {
             let s = &uri[..i];
             s.starts_with(|c: char| c.is_ascii_alphabetic())
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
         }
         _ => false,
     }
@@ -134,25 +153,53 @@ mod tests {
         assert_eq!(n.split_name("everything_get_sum"), Some((1, "get_sum")));
         assert_eq!(n.prefix_uri(0, "demo://readme"), "demo+demo://readme");
         assert_eq!(n.prefix_uri(0, "relative/path"), "relative/path");
-        assert_eq!(n.split_uri("demo+demo://readme"), Some((0, "demo://readme")));
+        assert_eq!(
+            n.split_uri("demo+demo://readme"),
+            Some((0, "demo://readme"))
+        );
         assert_eq!(n.split_name("nobody_x"), None);
     }
 
     #[test]
     fn routes_requests() {
         let n = two();
-        let r = n.route("tools/call", Some(&json!({"name": "everything_echo", "arguments": {}})));
-        assert_eq!(r, Ok(Dest::One(1, Some(json!({"name": "echo", "arguments": {}})))));
-        let r = n.route("completion/complete", Some(&json!({"ref": {"type": "ref/prompt", "name": "demo_greet"}})));
-        assert_eq!(r, Ok(Dest::One(0, Some(json!({"ref": {"type": "ref/prompt", "name": "greet"}})))));
+        let r = n.route(
+            "tools/call",
+            Some(&json!({"name": "everything_echo", "arguments": {}})),
+        );
+        assert_eq!(
+            r,
+            Ok(Dest::One(1, Some(json!({"name": "echo", "arguments": {}}))))
+        );
+        let r = n.route(
+            "completion/complete",
+            Some(&json!({"ref": {"type": "ref/prompt", "name": "demo_greet"}})),
+        );
+        assert_eq!(
+            r,
+            Ok(Dest::One(
+                0,
+                Some(json!({"ref": {"type": "ref/prompt", "name": "greet"}}))
+            ))
+        );
         assert_eq!(n.route("tools/list", None), Ok(Dest::All));
-        assert!(n.route("tools/call", Some(&json!({"name": "zzz_echo"}))).is_err());
+        assert!(n
+            .route("tools/call", Some(&json!({"name": "zzz_echo"})))
+            .is_err());
         assert!(n.route("tools/call", None).is_err());
         let one = Naming {
             targets: vec!["demo".into()],
             prefixed: false,
         };
-        assert_eq!(one.route("x/y", Some(&json!(1))), Ok(Dest::One(0, Some(json!(1)))));
-        assert!(has_scheme("test://x") && has_scheme("urn:x") && !has_scheme("/a:b") && !has_scheme("1a:b"));
+        assert_eq!(
+            one.route("x/y", Some(&json!(1))),
+            Ok(Dest::One(0, Some(json!(1))))
+        );
+        assert!(
+            has_scheme("test://x")
+                && has_scheme("urn:x")
+                && !has_scheme("/a:b")
+                && !has_scheme("1a:b")
+        );
     }
 }

@@ -136,7 +136,9 @@ impl Session {
     pub fn newest_call_on(&self, target: usize) -> Option<u64> {
         self.calls
             .iter()
-            .filter(|(_, c)| c.conn.is_some() && c.parts.iter().any(|(t, _, r)| *t == target && r.is_none()))
+            .filter(|(_, c)| {
+                c.conn.is_some() && c.parts.iter().any(|(t, _, r)| *t == target && r.is_none())
+            })
             .map(|(id, _)| *id)
             .max()
     }

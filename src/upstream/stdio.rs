@@ -122,7 +122,13 @@ impl StdioChild {
         let Some(pipe) = self.stderr.as_mut() else {
             return ReadOutcome::Eof;
         };
-        read_lines(pipe, &mut self.err_line, MAX_STDERR_LINE, true, &mut on_line)
+        read_lines(
+            pipe,
+            &mut self.err_line,
+            MAX_STDERR_LINE,
+            true,
+            &mut on_line,
+        )
     }
 }
 
