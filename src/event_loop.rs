@@ -1225,7 +1225,7 @@ impl Gateway {
                     }
                     _ => jsonrpc::result(
                         call.client_id.clone(),
-                        aggregate::merge_list(&call.method, &ok, &s.naming),
+                        aggregate::merge_list(&call.method, &ok, &mut s.naming),
                     ),
                 }
             }

@@ -1,7 +1,7 @@
 //! Merging what several targets answer into one answer: `initialize` results, and the
 //! `*/list` results with a cursor that carries every target's own cursor.
 
-use super::route::Naming;
+use super::route::{Naming, Space};
 use serde_json::{json, Map, Value};
 
 /// One target's part of a merged answer.
@@ -67,13 +67,14 @@ pub fn merge_initialize(parts: &[Part<'_>], naming: &Naming, version: &str) -> V
     out
 }
 
-/// The key of the item array in a list result, and the field of each item that is renamed.
-pub fn list_shape(method: &str) -> Option<(&'static str, &'static str, bool)> {
+/// The key of the item array in a list result, the field of each item that is renamed, and
+/// the namespace of that field.
+pub fn list_shape(method: &str) -> Option<(&'static str, &'static str, Space)> {
     match method {
-        "tools/list" => Some(("tools", "name", false)),
-        "prompts/list" => Some(("prompts", "name", false)),
-        "resources/list" => Some(("resources", "uri", true)),
-        "resources/templates/list" => Some(("resourceTemplates", "uriTemplate", true)),
+        "tools/list" => Some(("tools", "name", Space::Tool)),
+        "prompts/list" => Some(("prompts", "name", Space::Prompt)),
+        "resources/list" => Some(("resources", "uri", Space::Resource)),
+        "resources/templates/list" => Some(("resourceTemplates", "uriTemplate", Space::Template)),
         _ => None,
     }
 }
@@ -96,9 +97,10 @@ pub fn decode_cursor(
 }
 
 /// Merges list pages. Items are renamed for their target; `nextCursor` lists the targets that
-/// have more, each with its own cursor, so following it yields every item exactly once.
-pub fn merge_list(method: &str, parts: &[Part<'_>], naming: &Naming) -> Value {
-    let Some((key, field, is_uri)) = list_shape(method) else {
+/// have more, each with its own cursor, so following it yields every item exactly once. With
+/// bare names shared by several targets, a name offered twice is left out.
+pub fn merge_list(method: &str, parts: &[Part<'_>], naming: &mut Naming) -> Value {
+    let Some((key, field, space)) = list_shape(method) else {
         return json!({});
     };
     let mut items = Vec::new();
@@ -108,10 +110,12 @@ pub fn merge_list(method: &str, parts: &[Part<'_>], naming: &Naming) -> Value {
             for item in list {
                 let mut item = item.clone();
                 if let Some(Value::String(s)) = item.get_mut(field) {
-                    *s = if is_uri {
-                        naming.prefix_uri(p.target, s)
-                    } else {
-                        naming.prefix_name(p.target, s)
+                    if !naming.learn(space, s, p.target) {
+                        continue;
+                    }
+                    *s = match space {
+                        Space::Resource | Space::Template => naming.prefix_uri(p.target, s),
+                        Space::Tool | Space::Prompt => naming.prefix_name(p.target, s),
                     };
                 }
                 items.push(item);
@@ -121,12 +125,24 @@ pub fn merge_list(method: &str, parts: &[Part<'_>], naming: &Naming) -> Value {
             more.push((p.target, Some(next.clone())));
         }
     }
+    if naming_shared_conflicts(naming) {
+        // Drop items learned as ambiguous later in this same page.
+        items.retain(|item| {
+            item.get(field)
+                .and_then(Value::as_str)
+                .is_none_or(|name| naming.is_unambiguous(space, name))
+        });
+    }
     let mut out = Map::new();
     out.insert(key.into(), Value::Array(items));
     if !more.is_empty() {
         out.insert("nextCursor".into(), Value::String(json!(more).to_string()));
     }
     Value::Object(out)
+}
+
+fn naming_shared_conflicts(naming: &Naming) -> bool {
+    !naming.prefixed && naming.targets.len() > 1
 }
 
 /// Rewrites resource URIs inside a result from `target` (resource contents, `resource_link`
@@ -180,10 +196,7 @@ mod tests {
     use super::*;
 
     fn two() -> Naming {
-        Naming {
-            targets: vec!["a".into(), "b".into()],
-            prefixed: true,
-        }
+        Naming::new(vec!["a".into(), "b".into()], true)
     }
 
     #[test]
@@ -229,7 +242,7 @@ mod tests {
                     result: &r1,
                 },
             ],
-            &two(),
+            &mut two(),
         );
         assert_eq!(m["tools"], json!([{"name": "a_x"}, {"name": "b_y"}]));
         let next = m["nextCursor"].as_str().map(str::to_string);

@@ -2,6 +2,7 @@
 //! for resource URIs that have a scheme (agentgateway's convention), and the way back.
 
 use serde_json::Value;
+use std::collections::HashMap;
 
 /// Where a client request goes.
 #[derive(Debug, PartialEq)]
@@ -14,14 +15,46 @@ pub enum Dest {
     Local,
 }
 
-/// The rewrite rules of one backend.
+/// The kinds of names a target offers; each has its own namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Space {
+    Tool,
+    Prompt,
+    Resource,
+    Template,
+}
+
+/// The rewrite rules of one backend, and (for `prefixMode: never` with several targets) which
+/// target serves each bare name, as learned from the lists that passed through.
 #[derive(Debug, Clone)]
 pub struct Naming {
     pub targets: Vec<String>,
     pub prefixed: bool,
+    index: HashMap<String, usize>,
+    /// Bare name -> its target; `None` when two targets offer the same name.
+    owners: HashMap<(Space, String), Option<usize>>,
 }
 
 impl Naming {
+    pub fn new(targets: Vec<String>, prefixed: bool) -> Naming {
+        let index = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i))
+            .collect();
+        Naming {
+            targets,
+            prefixed,
+            index,
+            owners: HashMap::new(),
+        }
+    }
+
+    /// Whether bare names from several targets share one namespace (`prefixMode: never`).
+    fn shared(&self) -> bool {
+        !self.prefixed && self.targets.len() > 1
+    }
+
     pub fn prefix_name(&self, target: usize, name: &str) -> String {
         match self.targets.get(target) {
             Some(t) if self.prefixed => format!("{t}_{name}"),
@@ -36,26 +69,93 @@ impl Naming {
         }
     }
 
-    fn target_index(&self, name: &str) -> Option<usize> {
-        self.targets.iter().position(|t| t == name)
+    /// Records that `target` offers `name` (unprefixed mode). Returns false when another
+    /// target offers it too: the name is then ambiguous and must be left out of lists.
+    pub fn learn(&mut self, space: Space, name: &str, target: usize) -> bool {
+        if !self.shared() {
+            return true;
+        }
+        if matches!(space, Space::Resource | Space::Template) {
+            if let Some(scheme) = uri_scheme(name) {
+                self.claim((space, format!("scheme:{scheme}")), target);
+            }
+        }
+        self.claim((space, name.to_string()), target)
+    }
+
+    /// False for a bare name that two targets offer.
+    pub fn is_unambiguous(&self, space: Space, name: &str) -> bool {
+        !self.shared() || self.owners.get(&(space, name.to_string())) != Some(&None)
+    }
+
+    fn claim(&mut self, key: (Space, String), target: usize) -> bool {
+        let slot = self.owners.entry(key).or_insert(Some(target));
+        if *slot != Some(target) {
+            *slot = None;
+        }
+        slot.is_some()
+    }
+
+    fn owner(&self, space: Space, name: &str) -> Result<usize, String> {
+        let what = match space {
+            Space::Tool => "tool",
+            Space::Prompt => "prompt",
+            Space::Resource => "resource",
+            Space::Template => "resource template",
+        };
+        let mut found = self.owners.get(&(space, name.to_string()));
+        // A resource read from a template is in no list: fall back to who serves the scheme.
+        if found.is_none() && matches!(space, Space::Resource | Space::Template) {
+            if let Some(scheme) = uri_scheme(name) {
+                let key = format!("scheme:{scheme}");
+                found = self
+                    .owners
+                    .get(&(Space::Resource, key.clone()))
+                    .or_else(|| self.owners.get(&(Space::Template, key)));
+            }
+        }
+        match found {
+            Some(Some(t)) => Ok(*t),
+            Some(None) => Err(format!(
+                "{what} {name} is offered by more than one target (prefixMode: never)"
+            )),
+            None => Err(format!("unknown {what}: {name}")),
+        }
     }
 
     /// `everything_echo` -> (index of `everything`, `echo`).
-    pub fn split_name<'a>(&self, name: &'a str) -> Option<(usize, &'a str)> {
+    pub fn split_name<'a>(&self, space: Space, name: &'a str) -> Result<(usize, &'a str), String> {
         if !self.prefixed {
-            return (self.targets.len() == 1).then_some((0, name));
+            if self.targets.len() == 1 {
+                return Ok((0, name));
+            }
+            return self.owner(space, name).map(|t| (t, name));
         }
-        let (t, rest) = name.split_once('_')?;
-        Some((self.target_index(t)?, rest))
+        let unknown = || {
+            format!(
+                "unknown {}: {name}",
+                if space == Space::Tool {
+                    "tool"
+                } else {
+                    "prompt"
+                }
+            )
+        };
+        let (t, rest) = name.split_once('_').ok_or_else(unknown)?;
+        Ok((*self.index.get(t).ok_or_else(unknown)?, rest))
     }
 
     /// `everything+test://x` -> (index of `everything`, `test://x`).
-    pub fn split_uri<'a>(&self, uri: &'a str) -> Option<(usize, &'a str)> {
+    pub fn split_uri<'a>(&self, space: Space, uri: &'a str) -> Result<(usize, &'a str), String> {
         if !self.prefixed {
-            return (self.targets.len() == 1).then_some((0, uri));
+            if self.targets.len() == 1 {
+                return Ok((0, uri));
+            }
+            return self.owner(space, uri).map(|t| (t, uri));
         }
-        let (t, rest) = uri.split_once('+')?;
-        Some((self.target_index(t)?, rest))
+        let unknown = || format!("unknown resource: {uri}");
+        let (t, rest) = uri.split_once('+').ok_or_else(unknown)?;
+        Ok((*self.index.get(t).ok_or_else(unknown)?, rest))
     }
 
     /// Decides where a client request goes, rewriting its params for the target.
@@ -72,15 +172,15 @@ impl Naming {
             return Ok(Dest::All);
         }
         let mut p = params.cloned().unwrap_or(Value::Null);
-        let (what, pointer, by_uri) = match method {
-            "tools/call" => ("tool", "/name", false),
-            "prompts/get" => ("prompt", "/name", false),
+        let (space, pointer) = match method {
+            "tools/call" => (Space::Tool, "/name"),
+            "prompts/get" => (Space::Prompt, "/name"),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-                ("resource", "/uri", true)
+                (Space::Resource, "/uri")
             }
             "completion/complete" => match p.pointer("/ref/type").and_then(Value::as_str) {
-                Some("ref/prompt") => ("prompt", "/ref/name", false),
-                Some("ref/resource") => ("resource template", "/ref/uri", true),
+                Some("ref/prompt") => (Space::Prompt, "/ref/name"),
+                Some("ref/resource") => (Space::Template, "/ref/uri"),
                 _ => {
                     return Err(
                         "completion/complete needs ref.type ref/prompt or ref/resource".into(),
@@ -94,15 +194,11 @@ impl Naming {
             }
         };
         let Some(Value::String(name)) = p.pointer_mut(pointer) else {
-            return Err(format!("missing {what} {}", &pointer[1..]));
+            return Err(format!("missing {}", &pointer[1..]));
         };
-        let split = if by_uri {
-            self.split_uri(name)
-        } else {
-            self.split_name(name)
-        };
-        let Some((target, rest)) = split else {
-            return Err(format!("unknown {what}: {name}"));
+        let (target, rest) = match space {
+            Space::Tool | Space::Prompt => self.split_name(space, name)?,
+            Space::Resource | Space::Template => self.split_uri(space, name)?,
         };
         *name = rest.to_string();
         Ok(Dest::One(target, Some(p)))
@@ -119,6 +215,11 @@ pub fn is_fan_out(method: &str) -> bool {
             | "resources/templates/list"
             | "logging/setLevel"
     )
+}
+
+/// The scheme of a URI (or URI template), if it has one.
+fn uri_scheme(uri: &str) -> Option<&str> {
+    has_scheme(uri).then(|| uri.split(':').next().unwrap_or(""))
 }
 
 /// Whether a URI starts with `scheme:` (RFC 3986: a letter, then letters, digits, `+-.`).
@@ -140,24 +241,24 @@ mod tests {
     use serde_json::json;
 
     fn two() -> Naming {
-        Naming {
-            targets: vec!["demo".into(), "everything".into()],
-            prefixed: true,
-        }
+        Naming::new(vec!["demo".into(), "everything".into()], true)
     }
 
     #[test]
     fn names_round_trip() {
         let n = two();
         assert_eq!(n.prefix_name(1, "get_sum"), "everything_get_sum");
-        assert_eq!(n.split_name("everything_get_sum"), Some((1, "get_sum")));
+        assert_eq!(
+            n.split_name(Space::Tool, "everything_get_sum"),
+            Ok((1, "get_sum"))
+        );
         assert_eq!(n.prefix_uri(0, "demo://readme"), "demo+demo://readme");
         assert_eq!(n.prefix_uri(0, "relative/path"), "relative/path");
         assert_eq!(
-            n.split_uri("demo+demo://readme"),
-            Some((0, "demo://readme"))
+            n.split_uri(Space::Resource, "demo+demo://readme"),
+            Ok((0, "demo://readme"))
         );
-        assert_eq!(n.split_name("nobody_x"), None);
+        assert!(n.split_name(Space::Tool, "nobody_x").is_err());
     }
 
     #[test]
@@ -187,10 +288,7 @@ mod tests {
             .route("tools/call", Some(&json!({"name": "zzz_echo"})))
             .is_err());
         assert!(n.route("tools/call", None).is_err());
-        let one = Naming {
-            targets: vec!["demo".into()],
-            prefixed: false,
-        };
+        let one = Naming::new(vec!["demo".into()], false);
         assert_eq!(
             one.route("x/y", Some(&json!(1))),
             Ok(Dest::One(0, Some(json!(1))))
@@ -201,5 +299,26 @@ mod tests {
                 && !has_scheme("/a:b")
                 && !has_scheme("1a:b")
         );
+    }
+
+    #[test]
+    fn never_mode_routes_by_learned_owner() {
+        let mut n = Naming::new(vec!["a".into(), "b".into()], false);
+        assert!(n.learn(Space::Tool, "only_a", 0));
+        assert!(n.learn(Space::Tool, "both", 0));
+        assert!(!n.learn(Space::Tool, "both", 1));
+        assert!(n.learn(Space::Template, "notes://{x}", 1));
+        let r = n.route("tools/call", Some(&json!({"name": "only_a"})));
+        assert_eq!(r, Ok(Dest::One(0, Some(json!({"name": "only_a"})))));
+        let e = n
+            .route("tools/call", Some(&json!({"name": "both"})))
+            .unwrap_err();
+        assert!(e.contains("more than one target"), "{e}");
+        assert!(n
+            .route("tools/call", Some(&json!({"name": "nope"})))
+            .is_err());
+        // A URI made from a template is routed by its scheme.
+        let r = n.route("resources/read", Some(&json!({"uri": "notes://x"})));
+        assert_eq!(r, Ok(Dest::One(1, Some(json!({"uri": "notes://x"})))));
     }
 }

@@ -94,10 +94,10 @@ pub struct Session {
 
 impl Session {
     pub fn new(id: String, backend: Rc<McpBackend>, init_params: Value) -> Session {
-        let naming = Naming {
-            targets: backend.targets.iter().map(|t| t.name.clone()).collect(),
-            prefixed: backend.prefixed(),
-        };
+        let naming = Naming::new(
+            backend.targets.iter().map(|t| t.name.clone()).collect(),
+            backend.prefixed(),
+        );
         Session {
             id,
             backend,
