@@ -61,6 +61,8 @@ pub struct Conn {
     pub request_started: Option<Instant>,
     /// The response being streamed uses chunked framing (HTTP/1.1 peer).
     pub chunked: bool,
+    /// `100 Continue` was sent for the request being read.
+    pub continued: bool,
     /// Last readiness event (idle keep-alive timeout).
     pub last_active: Instant,
     /// Last bytes queued on a GET stream (keep-alive comments).
@@ -81,6 +83,7 @@ impl Conn {
             eof: false,
             request_started: None,
             chunked: true,
+            continued: false,
             last_active: Instant::now(),
             last_write: Instant::now(),
         }
@@ -138,6 +141,13 @@ impl Conn {
             self.wpos = 0;
         }
         Ok(())
+    }
+
+    /// Queues the interim response a client waits for after `Expect: 100-continue`.
+    pub fn send_continue(&mut self) {
+        self.wbuf
+            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        self.continued = true;
     }
 
     /// Bytes accepted for writing but not yet written.

@@ -4,7 +4,7 @@
 
 use crate::config::{Config, FailureMode, McpBackend, Route, TargetKind};
 use crate::downstream::{Conn, ConnState, Exchange, ReadResult};
-use crate::http::parse::{parse_request, Limits as HttpLimits, Request};
+use crate::http::parse::{expects_continue, parse_request, Limits as HttpLimits, Request};
 use crate::http::Status;
 use crate::jsonrpc::{self, Kind};
 use crate::log;
@@ -290,10 +290,14 @@ impl Gateway {
             match parse_request(&c.rbuf, &self.http_limits) {
                 Ok(Status::Complete(req, n)) => {
                     c.rbuf.drain(..n);
+                    c.continued = false;
                     c.request_started = (!c.rbuf.is_empty()).then(Instant::now);
                     self.handle_request(id, req);
                 }
                 Ok(Status::Partial) => {
+                    if !c.continued && expects_continue(&c.rbuf, self.http_limits.max_headers) {
+                        c.send_continue();
+                    }
                     // Reading stopped while a previous answer was pending: resume it now
                     // (edge-triggered readiness will not report bytes already waiting).
                     if c.paused && !c.eof && c.rbuf.len() < self.read_limit {

@@ -211,6 +211,22 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Status<Request>, Htt
     ))
 }
 
+/// Whether `buf` holds a complete HTTP/1.1 head that asks for `Expect: 100-continue`: the
+/// client then waits for an interim `100 Continue` before it sends the body.
+pub fn expects_continue(buf: &[u8], max_headers: usize) -> bool {
+    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) if req.version == Some(1) => {
+            req.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("expect")
+                    && h.value.eq_ignore_ascii_case(b"100-continue")
+            })
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +317,17 @@ mod tests {
         }
         many.extend(b"\r\n");
         assert_eq!(parse_request(&many, &LIMITS), Err(HttpError::HeadTooLarge));
+    }
+
+    #[test]
+    fn expect_continue() {
+        let head = b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n";
+        assert!(expects_continue(head, 8));
+        assert!(!expects_continue(&head[..head.len() - 1], 8));
+        assert!(!expects_continue(
+            b"POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n",
+            8
+        ));
     }
 
     #[test]
