@@ -76,12 +76,28 @@ const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 /// Unclaimed finished SSE streams are forgotten after this long.
 const STREAM_LOG_TTL: Duration = Duration::from_secs(300);
 
-const USAGE: &str = "usage: mcplex-demo [stdio]\n       \
-    mcplex-demo --http [--host HOST] [--port PORT]\n\n\
-    stdio (default)  MCP over stdin/stdout, one JSON-RPC message per line\n\
-    --http           MCP streamable HTTP on http://HOST:PORT/mcp\n\
-    --host HOST      address to bind (default 127.0.0.1)\n\
-    --port PORT      port to bind (default 3001; 0 picks a free port)\n";
+const USAGE: &str = "usage: mcplex-demo [stdio] [LIST OPTIONS]\n       \
+    mcplex-demo --http [--host HOST] [--port PORT] [LIST OPTIONS]\n\n\
+    stdio (default)    MCP over stdin/stdout, one JSON-RPC message per line\n\
+    --http             MCP streamable HTTP on http://HOST:PORT/mcp\n\
+    --host HOST        address to bind (default 127.0.0.1)\n\
+    --port PORT        port to bind (default 3001; 0 picks a free port)\n\n\
+    list options (for testing clients and gateways that page through lists):\n\
+    --page-size N      answer every */list N items at a time, with nextCursor\n\
+    --extra-tools N    also offer tools extra_1 .. extra_N (each returns its own name)\n";
+
+/// Options that shape the lists the demo offers.
+#[derive(Debug, Default, Clone, Copy)]
+struct ListOptions {
+    page_size: Option<usize>,
+    extra_tools: usize,
+}
+
+static LIST_OPTIONS: std::sync::OnceLock<ListOptions> = std::sync::OnceLock::new();
+
+fn list_options() -> ListOptions {
+    LIST_OPTIONS.get().copied().unwrap_or_default()
+}
 
 // ---------------------------------------------------------------------------
 // Command line
@@ -113,6 +129,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
     let mut http = false;
     let mut host = None;
     let mut port = None;
+    let mut lists = ListOptions::default();
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         // Accept both `--port 3001` and `--port=3001`.
@@ -132,9 +149,19 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
                 let v = value("--port")?;
                 port = Some(v.parse::<u16>().map_err(|_| format!("invalid port: {v}"))?);
             }
+            "--page-size" => {
+                let v = value("--page-size")?;
+                let n = v.parse::<usize>().ok().filter(|n| *n > 0);
+                lists.page_size = Some(n.ok_or(format!("invalid page size: {v}"))?);
+            }
+            "--extra-tools" => {
+                let v = value("--extra-tools")?;
+                lists.extra_tools = v.parse().map_err(|_| format!("invalid count: {v}"))?;
+            }
             _ => return Err(format!("unknown argument: {arg}")),
         }
     }
+    let _ = LIST_OPTIONS.set(lists);
     match (stdio, http) {
         (true, true) => Err("choose either stdio or --http".into()),
         (_, false) if host.is_some() || port.is_some() => {
@@ -533,10 +560,10 @@ fn dispatch(ctx: &Ctx, method: &str, params: &Value) -> Result<Value, RpcError> 
     match method {
         "initialize" => Ok(initialize(ctx.session, params)),
         "ping" => Ok(json!({})),
-        "tools/list" => Ok(json!({ "tools": tool_catalog() })),
+        "tools/list" => page(tool_catalog(), "tools", params),
         "tools/call" => call_tool(ctx, params),
-        "resources/list" => Ok(json!({ "resources": resource_catalog() })),
-        "resources/templates/list" => Ok(json!({ "resourceTemplates": template_catalog() })),
+        "resources/list" => page(resource_catalog(), "resources", params),
+        "resources/templates/list" => page(template_catalog(), "resourceTemplates", params),
         "resources/read" => {
             let uri = required_str(params, "uri")?;
             match read_resource(uri) {
@@ -563,7 +590,7 @@ fn dispatch(ctx: &Ctx, method: &str, params: &Value) -> Result<Value, RpcError> 
             ctx.session.lock().subscriptions.remove(uri);
             Ok(json!({}))
         }
-        "prompts/list" => Ok(json!({ "prompts": prompt_catalog() })),
+        "prompts/list" => page(prompt_catalog(), "prompts", params),
         "prompts/get" => get_prompt(params),
         "completion/complete" => complete(params),
         "logging/setLevel" => {
@@ -654,7 +681,7 @@ fn string_argument(name: &str, description: &str) -> Value {
 }
 
 fn tool_catalog() -> Vec<Value> {
-    vec![
+    let mut tools = vec![
         tool(
             "echo",
             "Echoes the given message back as text",
@@ -776,7 +803,15 @@ fn tool_catalog() -> Vec<Value> {
             "Closes its SSE stream before answering, so the client must resume it (HTTP)",
             no_arguments(),
         ),
-    ]
+    ];
+    tools.extend((1..=list_options().extra_tools).map(|n| {
+        tool(
+            &format!("extra_{n}"),
+            "Returns its own name (from --extra-tools)",
+            no_arguments(),
+        )
+    }));
+    tools
 }
 
 fn text_content(text: &str) -> Value {
@@ -868,8 +903,39 @@ fn call_tool(ctx: &Ctx, params: &Value) -> Result<Value, RpcError> {
             ctx.outlet.close_stream();
             Ok(tool_text("Reconnection test completed successfully"))
         }
-        _ => Err(RpcError::invalid_params(format!("Unknown tool: {name}"))),
+        _ => match extra_tool_number(name) {
+            Some(_) => Ok(tool_text(name)),
+            None => Err(RpcError::invalid_params(format!("Unknown tool: {name}"))),
+        },
     }
+}
+
+/// `extra_7` -> 7, when `--extra-tools` offers it.
+fn extra_tool_number(name: &str) -> Option<usize> {
+    let n: usize = name.strip_prefix("extra_")?.parse().ok()?;
+    (1..=list_options().extra_tools).contains(&n).then_some(n)
+}
+
+/// One page of a list: with `--page-size`, the cursor is the offset of the page's first item.
+fn page(items: Vec<Value>, key: &str, params: &Value) -> Result<Value, RpcError> {
+    let start = match params.get("cursor") {
+        None | Some(Value::Null) => 0,
+        Some(Value::String(c)) => c
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= items.len())
+            .ok_or_else(|| RpcError::invalid_params(format!("invalid cursor: {c}")))?,
+        Some(_) => return Err(RpcError::invalid_params("cursor must be a string")),
+    };
+    let end = list_options().page_size.map_or(items.len(), |size| {
+        start.saturating_add(size).min(items.len())
+    });
+    let mut out = Map::new();
+    out.insert(key.to_string(), Value::Array(items[start..end].to_vec()));
+    if end < items.len() {
+        out.insert("nextCursor".into(), Value::String(end.to_string()));
+    }
+    Ok(Value::Object(out))
 }
 
 fn image_content() -> Value {
