@@ -926,11 +926,14 @@ impl Gateway {
                 );
             }
             Ok(Dest::All) => {
-                let cursor = params
-                    .as_ref()
-                    .and_then(|p| p.get("cursor"))
-                    .and_then(Value::as_str);
-                let pages = match aggregate::decode_cursor(cursor, s.targets.len()) {
+                let cursor = match params.as_ref().and_then(|p| p.get("cursor")) {
+                    None | Some(Value::Null) => Ok(None),
+                    // Shared bare names come as one whole page: no cursor is ever handed out.
+                    Some(Value::String(c)) if !s.naming.shared() => Ok(Some(c.as_str())),
+                    Some(_) => Err("invalid cursor".to_string()),
+                };
+                let pages = match cursor.and_then(|c| aggregate::decode_cursor(c, s.targets.len()))
+                {
                     Ok(p) => p,
                     Err(why) => {
                         return self.reply(
@@ -1038,6 +1041,15 @@ impl Gateway {
             return;
         };
         let cid = s.alloc_id();
+        let exhaust = (kind == CallKind::FanOut
+            && s.naming.shared()
+            && aggregate::list_shape(method).is_some())
+        .then(|| {
+            parts
+                .first()
+                .and_then(|(_, p)| p.clone())
+                .unwrap_or_else(|| json!({}))
+        });
         let mut progress = None;
         let mut sends = Vec::new();
         let mut call_parts = Vec::new();
@@ -1068,6 +1080,7 @@ impl Gateway {
                 remaining,
                 progress,
                 deadline: Instant::now() + timeout,
+                exhaust,
             },
         );
         if remaining == 0 {
@@ -1180,8 +1193,38 @@ impl Gateway {
         if slot.2.is_some() {
             return;
         }
+        // With shared bare names, a list is only right once every page of every target is in:
+        // follow the target's cursor before answering.
+        let next = match (&r, &call.exhaust) {
+            (Ok(v), Some(params)) => v
+                .get("nextCursor")
+                .and_then(Value::as_str)
+                .map(|c| (slot.0, c.to_string(), params.clone())),
+            _ => None,
+        };
         slot.2 = Some(r);
         call.remaining -= 1;
+        if let Some((t, cursor, mut params)) = next {
+            let method = call.method.clone();
+            let Some(s) = self.sessions.get_mut(&sk) else {
+                return;
+            };
+            let uid = s.alloc_id();
+            s.upstream.insert(uid, cid);
+            let Some(call) = s.calls.get_mut(&cid) else {
+                return;
+            };
+            call.parts.push((t, uid, None));
+            call.remaining += 1;
+            let index = call.parts.len() - 1;
+            params["cursor"] = Value::String(cursor);
+            let req = jsonrpc::request(json!(uid), &method, Some(params));
+            if let Err(why) = self.try_send(sk, t, &req) {
+                let err = json!({"code": jsonrpc::UPSTREAM_ERROR, "message": why});
+                self.finish_part(sk, cid, index, Err(err));
+            }
+            return;
+        }
         if call.remaining == 0 {
             self.complete_call(sk, cid);
         }

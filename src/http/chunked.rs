@@ -120,6 +120,90 @@ fn trailers(buf: &[u8], mut pos: usize) -> Result<Status<()>, HttpError> {
     }
 }
 
+/// Incremental decoder for a chunked body that arrives over time (an upstream's SSE stream):
+/// feed it bytes as they come; it appends body data to `out` and says when the body ended.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    state: DecState,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum DecState {
+    /// Expecting a chunk-size line.
+    #[default]
+    Size,
+    /// Inside chunk data, this many bytes left.
+    Data(usize),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers(usize),
+    Done,
+}
+
+impl Decoder {
+    /// Consumes what it can of `input`, appending decoded data to `out`. Returns the number of
+    /// bytes consumed and whether the body is complete; unconsumed bytes must be fed again
+    /// with more appended.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(usize, bool), HttpError> {
+        let mut pos = 0;
+        loop {
+            let rest = &input[pos..];
+            match self.state {
+                DecState::Done => return Ok((pos, true)),
+                DecState::Size => {
+                    let Some(end) = find_crlf(rest, MAX_CHUNK_LINE)? else {
+                        return Ok((pos, false));
+                    };
+                    let size = chunk_size(&rest[..end])?;
+                    pos += end + 2;
+                    self.state = if size == 0 {
+                        DecState::Trailers(0)
+                    } else {
+                        DecState::Data(size)
+                    };
+                }
+                DecState::Data(left) => {
+                    if rest.is_empty() {
+                        return Ok((pos, false));
+                    }
+                    let n = left.min(rest.len());
+                    out.extend_from_slice(&rest[..n]);
+                    pos += n;
+                    self.state = if n == left {
+                        DecState::DataEnd
+                    } else {
+                        DecState::Data(left - n)
+                    };
+                }
+                DecState::DataEnd => {
+                    if rest.len() < 2 {
+                        return Ok((pos, false));
+                    }
+                    if &rest[..2] != b"\r\n" {
+                        return Err(HttpError::BadRequest("chunk not followed by CRLF"));
+                    }
+                    pos += 2;
+                    self.state = DecState::Size;
+                }
+                DecState::Trailers(seen) => {
+                    let Some(end) = find_crlf(rest, MAX_TRAILER_BYTES)? else {
+                        return Ok((pos, false));
+                    };
+                    pos += end + 2;
+                    if end == 0 {
+                        self.state = DecState::Done;
+                    } else if seen + end > MAX_TRAILER_BYTES {
+                        return Err(HttpError::HeadTooLarge);
+                    } else {
+                        self.state = DecState::Trailers(seen + end + 2);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +236,24 @@ mod tests {
                 input.len()
             ))
         );
+    }
+
+    #[test]
+    fn incremental_decoder_matches_whole_decoder_at_every_split() {
+        let input = b"4;x=y\r\nWiki\r\n5\r\npedia\r\n0\r\nT: 1\r\n\r\n";
+        for cut in 0..input.len() {
+            let mut d = Decoder::default();
+            let mut out = Vec::new();
+            let (n, done) = d.feed(&input[..cut], &mut out).expect("valid");
+            assert!(!done, "cut {cut}");
+            let mut rest = input[n..].to_vec();
+            let (m, done) = d.feed(&rest, &mut out).expect("valid");
+            rest.drain(..m);
+            assert!(done && rest.is_empty(), "cut {cut}");
+            assert_eq!(out, b"Wikipedia", "cut {cut}");
+        }
+        let mut d = Decoder::default();
+        assert!(d.feed(b"3\r\nabcXY", &mut Vec::new()).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! I/O, so it is unit-tested with byte strings and fuzzed (see `fuzz/`).
 
 pub mod chunked;
+pub mod client;
 pub mod parse;
 pub mod response;
 pub mod sse;

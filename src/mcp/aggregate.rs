@@ -103,6 +103,17 @@ pub fn merge_list(method: &str, parts: &[Part<'_>], naming: &mut Naming) -> Valu
     let Some((key, field, space)) = list_shape(method) else {
         return json!({});
     };
+    // Learn every name first, so an ambiguity anywhere in the answer hides the name everywhere.
+    for p in parts {
+        if let Some(Value::Array(list)) = p.result.get(key) {
+            for name in list
+                .iter()
+                .filter_map(|i| i.get(field).and_then(Value::as_str))
+            {
+                naming.learn(space, name, p.target);
+            }
+        }
+    }
     let mut items = Vec::new();
     let mut more = Vec::new();
     for p in parts {
@@ -110,7 +121,7 @@ pub fn merge_list(method: &str, parts: &[Part<'_>], naming: &mut Naming) -> Valu
             for item in list {
                 let mut item = item.clone();
                 if let Some(Value::String(s)) = item.get_mut(field) {
-                    if !naming.learn(space, s, p.target) {
+                    if !naming.is_unambiguous(space, s) {
                         continue;
                     }
                     *s = match space {
@@ -121,17 +132,10 @@ pub fn merge_list(method: &str, parts: &[Part<'_>], naming: &mut Naming) -> Valu
                 items.push(item);
             }
         }
-        if let Some(Value::String(next)) = p.result.get("nextCursor") {
+        // With shared names every page was fetched already; nothing is left to page through.
+        if let (Some(Value::String(next)), false) = (p.result.get("nextCursor"), naming.shared()) {
             more.push((p.target, Some(next.clone())));
         }
-    }
-    if naming_shared_conflicts(naming) {
-        // Drop items learned as ambiguous later in this same page.
-        items.retain(|item| {
-            item.get(field)
-                .and_then(Value::as_str)
-                .is_none_or(|name| naming.is_unambiguous(space, name))
-        });
     }
     let mut out = Map::new();
     out.insert(key.into(), Value::Array(items));
@@ -139,10 +143,6 @@ pub fn merge_list(method: &str, parts: &[Part<'_>], naming: &mut Naming) -> Valu
         out.insert("nextCursor".into(), Value::String(json!(more).to_string()));
     }
     Value::Object(out)
-}
-
-fn naming_shared_conflicts(naming: &Naming) -> bool {
-    !naming.prefixed && naming.targets.len() > 1
 }
 
 /// Rewrites resource URIs inside a result from `target` (resource contents, `resource_link`

@@ -51,7 +51,7 @@ impl Naming {
     }
 
     /// Whether bare names from several targets share one namespace (`prefixMode: never`).
-    fn shared(&self) -> bool {
+    pub fn shared(&self) -> bool {
         !self.prefixed && self.targets.len() > 1
     }
 

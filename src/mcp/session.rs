@@ -67,6 +67,9 @@ pub struct Call {
     pub progress: Option<Value>,
     /// When the call times out (checked by the loop's sweep).
     pub deadline: Instant,
+    /// For a list over shared bare names: the params to fetch further pages with, until every
+    /// target's list is complete.
+    pub exhaust: Option<Value>,
 }
 
 pub struct Session {
