@@ -5,11 +5,13 @@
 //! once rather than the first one only. Unknown fields are errors; fields that a later release
 //! implements are recognised and rejected with "not supported yet", never silently ignored.
 
+use crate::tls::TlsOptions;
 use serde_yaml::{Mapping, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest accepted request head (request line + headers), bytes.
@@ -95,6 +97,15 @@ pub struct Route {
     pub hostnames: Vec<String>,
     pub matches: Vec<PathMatch>,
     pub backend: Rc<McpBackend>,
+    /// `backendTLS`: TLS (verified as configured) to this route's HTTP targets.
+    pub backend_tls: Option<Rc<BackendTls>>,
+}
+
+/// A route's `backendTLS` policy, with its rustls configuration built at load time.
+#[derive(Debug)]
+pub struct BackendTls {
+    pub options: TlsOptions,
+    pub config: Arc<rustls::ClientConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -163,6 +174,100 @@ pub struct Target {
 #[derive(Debug, Clone)]
 pub enum TargetKind {
     Stdio(StdioTarget),
+    /// Streamable HTTP (`mcp: {host: URL}`).
+    Mcp(Url),
+    /// Legacy HTTP+SSE (`sse: {host: URL}`).
+    Sse(Url),
+}
+
+/// An upstream URL, with its host resolved at load time (so the loop never waits on DNS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Url {
+    /// The `Host` header value.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default = if self.https { 443 } else { 80 };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// Parses `http(s)://host[:port][/path]` (without resolving).
+    pub fn parse(s: &str) -> Result<Url, String> {
+        let (https, rest) = if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else {
+            return Err(format!("{s:?}: expected an http:// or https:// URL"));
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_string()
+        };
+        if authority.contains('@') {
+            return Err(format!("{s:?}: credentials in URLs are not supported"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{s:?}: bad IPv6 address"))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{s:?}: missing host"));
+        }
+        let port = match port {
+            Some(p) => p.parse::<u16>().map_err(|_| format!("{s:?}: bad port"))?,
+            None if https => 443,
+            None => 80,
+        };
+        Ok(Url {
+            https,
+            host: host.to_string(),
+            port,
+            path,
+            addrs: Vec::new(),
+        })
+    }
+
+    /// Resolves the host (IP literals need no lookup).
+    fn resolve(&mut self) -> Result<(), String> {
+        use std::net::ToSocketAddrs;
+        self.addrs = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
+            .collect();
+        if self.addrs.is_empty() {
+            return Err(format!("{} has no addresses", self.host));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -600,8 +705,9 @@ impl Checker {
                 self.finish(mo);
             }
         }
+        let mut backend_tls = None;
         if let Some(p) = self.get(&mut o, "policies") {
-            self.policies(p, &join(path, "policies"));
+            backend_tls = self.policies(p, &join(path, "policies"));
         }
         let mut backends = Vec::new();
         for (bpath, b) in self.seq(&mut o, "backends") {
@@ -625,16 +731,19 @@ impl Checker {
             hostnames,
             matches,
             backend: backend?,
+            backend_tls,
         })
     }
 
-    fn policies(&mut self, v: &Value, path: &str) {
-        let Some(mut o) = self.obj(v, path) else {
-            return;
-        };
+    /// Route policies; returns the `backendTLS` policy if one is given.
+    fn policies(&mut self, v: &Value, path: &str) -> Option<Rc<BackendTls>> {
+        let mut o = self.obj(v, path)?;
+        let mut tls = None;
+        if let Some(t) = self.get(&mut o, "backendTLS") {
+            tls = self.backend_tls(t, &join(path, "backendTLS"));
+        }
         for key in [
             "cors",
-            "backendTLS",
             "backendAuth",
             "mcpAuthorization",
             "mcpAuthentication",
@@ -647,6 +756,42 @@ impl Checker {
             self.unsupported(&mut o, key);
         }
         self.finish(o);
+        tls
+    }
+
+    fn backend_tls(&mut self, v: &Value, path: &str) -> Option<Rc<BackendTls>> {
+        let mut o = self.obj(v, path)?;
+        let root = self.string(&mut o, "root");
+        let hostname = self.string(&mut o, "hostname");
+        let insecure = match self.get(&mut o, "insecure") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                self.err(&join(path, "insecure"), "expected true or false");
+                false
+            }
+        };
+        for key in ["cert", "key", "insecureHost", "alpn", "subjectAltNames"] {
+            self.unsupported(&mut o, key);
+        }
+        self.finish(o);
+        let options = TlsOptions {
+            root,
+            hostname,
+            insecure,
+        };
+        match crate::tls::client_config(&options) {
+            Ok(config) => Some(Rc::new(BackendTls { options, config })),
+            Err(e) => {
+                let at = if options.root.is_some() {
+                    join(path, "root")
+                } else {
+                    path.to_string()
+                };
+                self.err(&at, e);
+                None
+            }
+        }
     }
 
     fn route_backend(
@@ -772,18 +917,84 @@ impl Checker {
         if let Some(s) = self.get(&mut o, "stdio") {
             kind = self.stdio(s, &join(path, "stdio")).map(TargetKind::Stdio);
         }
-        for key in ["mcp", "sse", "openapi", "policies"] {
+        if let Some(m) = self.get(&mut o, "mcp") {
+            kind = self
+                .http_target(m, &join(path, "mcp"), "/mcp")
+                .map(TargetKind::Mcp);
+        }
+        if let Some(m) = self.get(&mut o, "sse") {
+            kind = self
+                .http_target(m, &join(path, "sse"), "/sse")
+                .map(TargetKind::Sse);
+        }
+        let kinds = ["stdio", "mcp", "sse"]
+            .iter()
+            .filter(|k| o.map.contains_key(**k))
+            .count();
+        if kinds > 1 {
+            self.err(path, "a target has exactly one of `stdio`, `mcp`, `sse`");
+        }
+        for key in ["openapi", "policies"] {
             self.unsupported(&mut o, key);
         }
         let had_errors = self.errors.iter().any(|e| e.path.starts_with(path));
         self.finish(o);
         if kind.is_none() && !had_errors {
-            self.err(path, "a target needs `stdio`");
+            self.err(path, "a target needs `stdio`, `mcp` or `sse`");
         }
         Some(Target {
             name: name?,
             kind: kind?,
         })
+    }
+
+    /// `{host: "http://h:p/path"}`, or `{host: h, port: p, path: /x}` (plain HTTP unless the
+    /// route's backendTLS policy says otherwise).
+    fn http_target(&mut self, v: &Value, path: &str, default_path: &str) -> Option<Url> {
+        let mut o = self.obj(v, path)?;
+        let host = self.required_string(&mut o, "host");
+        let port = self.uint(&mut o, "port");
+        let upath = self.string(&mut o, "path");
+        self.finish(o);
+        let host = host?;
+        let text = if host.contains("://") {
+            if port.is_some() || upath.is_some() {
+                self.err(
+                    path,
+                    "give either a full URL in `host`, or `host` with `port` and `path`",
+                );
+                return None;
+            }
+            host
+        } else {
+            let port = match port {
+                Some(p) if p > 0 && p <= u64::from(u16::MAX) => p,
+                Some(_) => {
+                    self.err(&join(path, "port"), "must be 1..=65535");
+                    return None;
+                }
+                None => 80,
+            };
+            let p = upath.unwrap_or_else(|| default_path.to_string());
+            let host = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            format!("http://{host}:{port}{p}")
+        };
+        let mut url = match Url::parse(&text) {
+            Ok(u) => u,
+            Err(e) => {
+                self.err(&join(path, "host"), e);
+                return None;
+            }
+        };
+        if let Err(e) = url.resolve() {
+            self.err(&join(path, "host"), e);
+            return None;
+        }
+        Some(url)
     }
 
     fn stdio(&mut self, v: &Value, path: &str) -> Option<StdioTarget> {
@@ -833,8 +1044,9 @@ impl Checker {
     fn shorthand(&mut self, v: &Value, path: &str) -> Option<Bind> {
         let mut o = self.obj(v, path)?;
         let addr = self.bind_addr(&mut o);
+        let mut backend_tls = None;
         if let Some(p) = self.get(&mut o, "policies") {
-            self.policies(p, &join(path, "policies"));
+            backend_tls = self.policies(p, &join(path, "policies"));
         }
         let backend = self.mcp_body(&mut o, None);
         self.finish(o);
@@ -852,6 +1064,7 @@ impl Checker {
                         .map(|p| PathMatch::Exact(p.to_string()))
                         .collect(),
                     backend: Rc::new(backend?),
+                    backend_tls,
                 }],
             }],
         })
@@ -918,7 +1131,9 @@ backends:
         let r = &c.binds[0].listeners[0].routes[0];
         assert!(r.backend.prefixed());
         assert!(r.matches_path("/mcp"));
-        let TargetKind::Stdio(s) = &r.backend.targets[0].kind;
+        let TargetKind::Stdio(s) = &r.backend.targets[0].kind else {
+            panic!("not a stdio target");
+        };
         assert_eq!(s.args, vec!["x", "1"]);
         assert_eq!(s.env.get("K").map(String::as_str), Some("v"));
     }
@@ -965,14 +1180,62 @@ binds:
 
     #[test]
     fn later_features_are_rejected_not_ignored() {
-        let text = "mcp:\n  port: 1\n  policies: {cors: {allowOrigins: ['*']}}\n  targets:\n  - name: r\n    mcp: {host: 'http://x/mcp'}\n";
+        let text = "mcp:\n  port: 1\n  policies: {cors: {allowOrigins: ['*']}}\n  targets:\n  - name: r\n    openapi: {host: 'http://x/mcp'}\n";
         let errs = errors(text);
         assert!(
             errs.contains(&"mcp.policies.cors: not supported yet".to_string()),
             "{errs:?}"
         );
         assert!(
-            errs.contains(&"mcp.targets[0].mcp: not supported yet".to_string()),
+            errs.contains(&"mcp.targets[0].openapi: not supported yet".to_string()),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn http_targets_and_tls() {
+        let text = r#"
+mcp:
+  port: 0
+  policies: {backendTLS: {insecure: true}}
+  targets:
+  - name: a
+    mcp: {host: "http://127.0.0.1:8080/mcp"}
+  - name: b
+    sse: {host: 127.0.0.1, port: 3001}
+  - name: c
+    mcp: {host: "https://[::1]/x?y=1"}
+"#;
+        let c = Config::parse(text).expect("valid");
+        let r = &c.binds[0].listeners[0].routes[0];
+        assert!(r.backend_tls.as_ref().is_some_and(|t| t.options.insecure));
+        let kinds: Vec<String> = r
+            .backend
+            .targets
+            .iter()
+            .map(|t| match &t.kind {
+                TargetKind::Mcp(u) => format!("mcp {} {} {}", u.authority(), u.path, u.addrs[0]),
+                TargetKind::Sse(u) => format!("sse {} {} {}", u.authority(), u.path, u.addrs[0]),
+                TargetKind::Stdio(_) => "stdio".into(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "mcp 127.0.0.1:8080 /mcp 127.0.0.1:8080",
+                "sse 127.0.0.1:3001 /sse 127.0.0.1:3001",
+                "mcp [::1] /x?y=1 [::1]:443"
+            ]
+        );
+        let errs = errors("mcp:\n  port: 0\n  policies: {backendTLS: {root: /nope.pem}}\n  targets:\n  - {name: a, mcp: {host: 'ftp://x'}}\n");
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("mcp.policies.backendTLS.root: cannot read /nope.pem")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("mcp.targets[0].mcp.host: ")),
             "{errs:?}"
         );
     }

@@ -2,7 +2,7 @@
 //! child pipes, the signal socket). Each readiness event is dispatched by token to its owner;
 //! timers run off the same loop, with the earliest deadline as the poll timeout.
 
-use crate::config::{Config, FailureMode, McpBackend, Route, TargetKind};
+use crate::config::{BackendTls, Config, FailureMode, McpBackend, Route, Target, TargetKind, Url};
 use crate::downstream::{Conn, ConnState, Exchange, ReadResult};
 use crate::http::parse::{expects_continue, parse_request, Limits as HttpLimits, Request};
 use crate::http::Status;
@@ -17,15 +17,19 @@ use crate::mcp::session::{
 };
 use crate::signals::Signals;
 use crate::timer::Timers;
+use crate::tls::{self, TlsOptions};
+use crate::upstream::http::{Flavor, HttpTarget, Registrar, UpEvent};
 use crate::upstream::stdio::{ReadOutcome, StdioChild};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::process::Child;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often the sweep runs: slow-client and idle checks, stream keep-alives, reaping.
@@ -38,6 +42,8 @@ const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
 const CHILD_GRACE: Duration = Duration::from_secs(2);
 /// On shutdown, children get this long to exit on stdin EOF before they are killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1200);
+/// An ended session's HTTP target gets this long to DELETE its upstream session.
+const RETIRE_GRACE: Duration = Duration::from_secs(5);
 /// A client that lets this much of its responses and stream pile up unread is disconnected.
 const MAX_UNWRITTEN: usize = 32 * 1024 * 1024;
 
@@ -51,7 +57,35 @@ enum Owner {
     ChildIn(u64, usize),
     ChildOut(u64, usize),
     ChildErr(u64, usize),
+    /// A connection of an HTTP target of a session.
+    Http(u64, usize),
+    /// A connection of an HTTP target whose session ended (its DELETE).
+    Retired(u64),
     Signal,
+}
+
+/// Lends the loop's `Poll` and token table to an HTTP target so it can open connections.
+struct Reg<'a> {
+    registry: &'a mio::Registry,
+    owners: &'a mut HashMap<Token, Owner>,
+    next_token: &'a mut usize,
+    owner: Owner,
+}
+
+impl Registrar for Reg<'_> {
+    fn register(&mut self, sock: &mut TcpStream) -> io::Result<Token> {
+        let token = Token(*self.next_token);
+        *self.next_token += 1;
+        self.registry
+            .register(sock, token, Interest::READABLE | Interest::WRITABLE)?;
+        self.owners.insert(token, self.owner);
+        Ok(token)
+    }
+
+    fn deregister(&mut self, sock: &mut TcpStream, token: Token) {
+        let _ = self.registry.deregister(sock);
+        self.owners.remove(&token);
+    }
 }
 
 #[derive(Debug)]
@@ -83,6 +117,11 @@ pub struct Gateway {
     wake: Vec<usize>,
     http_limits: HttpLimits,
     read_limit: usize,
+    /// HTTP targets of ended sessions, finishing their DELETE; dropped at the deadline.
+    retired: HashMap<u64, (HttpTarget, Instant)>,
+    next_retired: u64,
+    /// Verified TLS settings for https:// upstreams without a backendTLS policy (built once).
+    default_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Where a server-to-client message should go.
@@ -141,6 +180,9 @@ impl Gateway {
             wake: Vec::new(),
             http_limits,
             read_limit,
+            retired: HashMap::new(),
+            next_retired: 1,
+            default_tls: None,
         })
     }
 
@@ -198,6 +240,8 @@ impl Gateway {
                     Owner::ChildIn(sk, t) => self.child_writable(sk, t),
                     Owner::ChildOut(sk, t) => self.child_stdout(sk, t),
                     Owner::ChildErr(sk, t) => self.child_stderr(sk, t),
+                    Owner::Http(sk, t) => self.http_ready(sk, t, token),
+                    Owner::Retired(rid) => self.retired_ready(rid, token),
                 }
                 self.run_wakes();
             }
@@ -385,6 +429,7 @@ impl Gateway {
             return;
         };
         let backend = Rc::clone(&route.backend);
+        let tls = route.backend_tls.clone();
         let p = req.path.as_str();
         if p.ends_with("/sse") || p.ends_with("/message") || p.ends_with("/messages") {
             c.respond_text(
@@ -395,7 +440,7 @@ impl Gateway {
             return;
         }
         match req.method.as_str() {
-            "POST" => self.post(id, req, backend, keep_alive),
+            "POST" => self.post(id, req, backend, tls, keep_alive),
             "GET" => self.open_stream(id, req, keep_alive),
             "DELETE" => self.delete(id, req, keep_alive),
             _ => c.respond(
@@ -429,7 +474,14 @@ impl Gateway {
         Ok(sk)
     }
 
-    fn post(&mut self, id: usize, req: Request, backend: Rc<McpBackend>, keep_alive: bool) {
+    fn post(
+        &mut self,
+        id: usize,
+        req: Request,
+        backend: Rc<McpBackend>,
+        tls: Option<Rc<BackendTls>>,
+        keep_alive: bool,
+    ) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -468,7 +520,7 @@ impl Gateway {
                 return;
             }
             let msg = body.messages.into_iter().nth(i).unwrap_or_default();
-            self.begin_session(id, msg, backend, req.minor_version > 0, keep_alive);
+            self.begin_session(id, msg, backend, tls, req.minor_version > 0, keep_alive);
             return;
         }
         let sk = match self.session_of(&req) {
@@ -597,6 +649,7 @@ impl Gateway {
         id: usize,
         msg: Value,
         backend: Rc<McpBackend>,
+        tls: Option<Rc<BackendTls>>,
         chunked: bool,
         keep_alive: bool,
     ) {
@@ -653,46 +706,14 @@ impl Gateway {
 
         let mut parts = Vec::new();
         for (t, target) in backend.targets.iter().enumerate() {
-            let TargetKind::Stdio(cfg) = &target.kind;
-            let slot = match StdioChild::spawn(cfg) {
-                Ok(child) => {
-                    let tokens = [
-                        self.token(Owner::ChildIn(sk, t)),
-                        self.token(Owner::ChildOut(sk, t)),
-                        self.token(Owner::ChildErr(sk, t)),
-                    ];
-                    let mut child = child;
-                    let reg = self.register_child(&mut child, tokens);
-                    let state = match reg {
-                        Ok(()) => TargetState::Starting,
-                        Err(e) => TargetState::Failed(format!("cannot watch its pipes: {e}")),
-                    };
-                    if state == TargetState::Starting {
-                        parts.push((t, Some(params.clone())));
-                    }
-                    TargetSlot {
-                        name: target.name.clone(),
-                        state,
-                        child: Some(child),
-                        tokens,
-                        init_result: None,
-                    }
-                }
-                Err(e) => {
-                    let why = format!("cannot start command {:?}: {e}", cfg.cmd);
-                    log!("[{}] target {}: {why}", short_id(&sid), target.name);
-                    TargetSlot {
-                        name: target.name.clone(),
-                        state: TargetState::Failed(why),
-                        child: None,
-                        tokens: [Token(usize::MAX); 3],
-                        init_result: None,
-                    }
-                }
-            };
+            let (slot, events) = self.start_target(sk, t, target, tls.as_deref(), &sid);
+            if slot.state == TargetState::Starting {
+                parts.push((t, Some(params.clone())));
+            }
             if let Some(s) = self.sessions.get_mut(&sk) {
                 s.targets.push(slot);
             }
+            self.upstream_events(sk, t, events);
         }
         if let Some(c) = self.conns.get_mut(&id) {
             c.state = ConnState::Exchange(Exchange {
@@ -716,6 +737,170 @@ impl Gateway {
             parts,
             timeout,
         );
+    }
+
+    /// Starts one target for a session: spawns a stdio child, or prepares an HTTP client.
+    fn start_target(
+        &mut self,
+        sk: u64,
+        t: usize,
+        target: &Target,
+        tls: Option<&BackendTls>,
+        sid: &str,
+    ) -> (TargetSlot, Vec<UpEvent>) {
+        let mut slot = TargetSlot {
+            name: target.name.clone(),
+            state: TargetState::Starting,
+            child: None,
+            http: None,
+            tokens: [Token(usize::MAX); 3],
+            init_result: None,
+        };
+        let mut events = Vec::new();
+        match &target.kind {
+            TargetKind::Stdio(cfg) => match StdioChild::spawn(cfg) {
+                Ok(mut child) => {
+                    slot.tokens = [
+                        self.token(Owner::ChildIn(sk, t)),
+                        self.token(Owner::ChildOut(sk, t)),
+                        self.token(Owner::ChildErr(sk, t)),
+                    ];
+                    if let Err(e) = self.register_child(&mut child, slot.tokens) {
+                        slot.state = TargetState::Failed(format!("cannot watch its pipes: {e}"));
+                    }
+                    slot.child = Some(child);
+                }
+                Err(e) => {
+                    let why = format!("cannot start command {:?}: {e}", cfg.cmd);
+                    log!("[{}] target {}: {why}", short_id(sid), target.name);
+                    slot.state = TargetState::Failed(why);
+                }
+            },
+            TargetKind::Mcp(url) | TargetKind::Sse(url) => {
+                let flavor = match target.kind {
+                    TargetKind::Sse(_) => Flavor::Legacy,
+                    _ => Flavor::Streamable,
+                };
+                let tls = match self.tls_for(url, tls) {
+                    Ok(t) => t,
+                    Err(why) => {
+                        slot.state = TargetState::Failed(why);
+                        return (slot, events);
+                    }
+                };
+                let mut http = HttpTarget::new(
+                    &target.name,
+                    url,
+                    flavor,
+                    tls,
+                    self.cfg.limits.request_timeout,
+                );
+                let mut reg = Reg {
+                    registry: self.poll.registry(),
+                    owners: &mut self.owners,
+                    next_token: &mut self.next_token,
+                    owner: Owner::Http(sk, t),
+                };
+                http.start(&mut reg, &mut events);
+                slot.http = Some(http);
+            }
+        }
+        (slot, events)
+    }
+
+    /// The TLS client settings for an upstream URL: the route's backendTLS policy, else the
+    /// default verified configuration for https:// URLs, else none.
+    fn tls_for(
+        &mut self,
+        url: &Url,
+        policy: Option<&BackendTls>,
+    ) -> Result<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>, String> {
+        let (cfg, opts) = match policy {
+            Some(p) => (Arc::clone(&p.config), p.options.clone()),
+            None if url.https => {
+                let cfg = match &self.default_tls {
+                    Some(c) => Arc::clone(c),
+                    None => {
+                        let c = tls::client_config(&TlsOptions::default())?;
+                        self.default_tls = Some(Arc::clone(&c));
+                        c
+                    }
+                };
+                (cfg, TlsOptions::default())
+            }
+            None => return Ok(None),
+        };
+        Ok(Some((cfg, tls::server_name(&url.host, &opts)?)))
+    }
+
+    /// Acts on what an HTTP target reported.
+    fn upstream_events(&mut self, sk: u64, t: usize, events: Vec<UpEvent>) {
+        for ev in events {
+            match ev {
+                UpEvent::Message(m) => self.target_message(sk, t, m),
+                UpEvent::RequestFailed(uid, why) => {
+                    let Some(s) = self.sessions.get_mut(&sk) else {
+                        return;
+                    };
+                    let Some(cid) = s.upstream.remove(&uid) else {
+                        continue;
+                    };
+                    let part = s
+                        .calls
+                        .get(&cid)
+                        .and_then(|c| c.parts.iter().position(|p| p.1 == uid));
+                    if let Some(part) = part {
+                        let err = json!({"code": jsonrpc::UPSTREAM_ERROR, "message": why});
+                        self.finish_part(sk, cid, part, Err(err));
+                    }
+                }
+                UpEvent::Fatal(why) => self.target_failed(sk, t, &why),
+                UpEvent::Log(line) => {
+                    if let Some(s) = self.sessions.get(&sk) {
+                        log!("[{}] {line}", short_id(&s.id));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Readiness of one of an HTTP target's connections.
+    fn http_ready(&mut self, sk: u64, t: usize, token: Token) {
+        let Some(http) = self
+            .sessions
+            .get_mut(&sk)
+            .and_then(|s| s.targets.get_mut(t))
+            .and_then(|x| x.http.as_mut())
+        else {
+            return;
+        };
+        let mut reg = Reg {
+            registry: self.poll.registry(),
+            owners: &mut self.owners,
+            next_token: &mut self.next_token,
+            owner: Owner::Http(sk, t),
+        };
+        let mut events = Vec::new();
+        http.ready(&mut reg, token, &mut events);
+        self.upstream_events(sk, t, events);
+    }
+
+    /// Readiness of a shut-down HTTP target's last connection (its DELETE).
+    fn retired_ready(&mut self, rid: u64, token: Token) {
+        let Some((http, _)) = self.retired.get_mut(&rid) else {
+            return;
+        };
+        let mut reg = Reg {
+            registry: self.poll.registry(),
+            owners: &mut self.owners,
+            next_token: &mut self.next_token,
+            owner: Owner::Retired(rid),
+        };
+        let mut ignored = Vec::new();
+        http.ready(&mut reg, token, &mut ignored);
+        if http.is_done() {
+            self.retired.remove(&rid);
+        }
     }
 
     fn register_child(&mut self, child: &mut StdioChild, tokens: [Token; 3]) -> io::Result<()> {
@@ -764,6 +949,21 @@ impl Gateway {
 
     /// Deregisters a target's pipes, closes its stdin, and queues the child for reaping.
     fn retire_child(&mut self, slot: &mut TargetSlot) {
+        if let Some(mut http) = slot.http.take() {
+            let rid = self.next_retired;
+            self.next_retired += 1;
+            let mut reg = Reg {
+                registry: self.poll.registry(),
+                owners: &mut self.owners,
+                next_token: &mut self.next_token,
+                owner: Owner::Retired(rid),
+            };
+            http.shutdown(&mut reg);
+            if !http.is_done() {
+                self.retired
+                    .insert(rid, (http, Instant::now() + RETIRE_GRACE));
+            }
+        }
         let Some(mut child) = slot.child.take() else {
             return;
         };
@@ -827,7 +1027,10 @@ impl Gateway {
         let Some(slot) = s.targets.get_mut(t) else {
             return;
         };
-        if matches!(slot.state, TargetState::Failed(_)) && slot.child.is_none() {
+        if matches!(slot.state, TargetState::Failed(_))
+            && slot.child.is_none()
+            && slot.http.is_none()
+        {
             return;
         }
         let name = slot.name.clone();
@@ -841,6 +1044,7 @@ impl Gateway {
                 name: name.clone(),
                 state: TargetState::Failed(why.to_string()),
                 child: None,
+                http: None,
                 tokens: [Token(usize::MAX); 3],
                 init_result: None,
             },
@@ -1099,6 +1303,18 @@ impl Gateway {
         let s = self.sessions.get_mut(&sk).ok_or("session ended")?;
         let slot = s.targets.get_mut(t).ok_or("no such target")?;
         let name = slot.name.clone();
+        if let Some(http) = slot.http.as_mut() {
+            let mut reg = Reg {
+                registry: self.poll.registry(),
+                owners: &mut self.owners,
+                next_token: &mut self.next_token,
+                owner: Owner::Http(sk, t),
+            };
+            let mut events = Vec::new();
+            let sent = http.send(&mut reg, msg, &mut events);
+            self.upstream_events(sk, t, events);
+            return sent;
+        }
         let child = slot
             .child
             .as_mut()
@@ -1484,8 +1700,8 @@ impl Gateway {
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
         };
-        let mut msg: Value = match serde_json::from_slice(line) {
-            Ok(v) => v,
+        match serde_json::from_slice(line) {
+            Ok(msg) => self.target_message(sk, t, msg),
             Err(_) => {
                 let name = s.naming.targets.get(t).cloned().unwrap_or_default();
                 log!(
@@ -1493,8 +1709,14 @@ impl Gateway {
                     short_id(&s.id),
                     String::from_utf8_lossy(&line[..line.len().min(200)])
                 );
-                return;
             }
+        }
+    }
+
+    /// One JSON-RPC message from a target, whatever its transport.
+    fn target_message(&mut self, sk: u64, t: usize, mut msg: Value) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
         };
         match jsonrpc::classify(&msg) {
             Ok(Kind::Response) => {
@@ -1703,6 +1925,61 @@ impl Gateway {
         }
         if !self.dying.is_empty() {
             self.reap();
+        }
+        self.tick_http(now);
+    }
+
+    /// Deadlines of HTTP targets: connects, responses, idle connections, stream retries.
+    fn tick_http(&mut self, now: Instant) {
+        let targets: Vec<(u64, usize)> = self
+            .sessions
+            .iter()
+            .flat_map(|(&sk, s)| {
+                s.targets
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, x)| x.http.is_some())
+                    .map(move |(t, _)| (sk, t))
+            })
+            .collect();
+        for (sk, t) in targets {
+            let Some(http) = self
+                .sessions
+                .get_mut(&sk)
+                .and_then(|s| s.targets.get_mut(t))
+                .and_then(|x| x.http.as_mut())
+            else {
+                continue;
+            };
+            let mut reg = Reg {
+                registry: self.poll.registry(),
+                owners: &mut self.owners,
+                next_token: &mut self.next_token,
+                owner: Owner::Http(sk, t),
+            };
+            let mut events = Vec::new();
+            http.tick(&mut reg, now, &mut events);
+            self.upstream_events(sk, t, events);
+        }
+        let rids: Vec<u64> = self.retired.keys().copied().collect();
+        for rid in rids {
+            let Some((http, deadline)) = self.retired.get_mut(&rid) else {
+                continue;
+            };
+            let mut reg = Reg {
+                registry: self.poll.registry(),
+                owners: &mut self.owners,
+                next_token: &mut self.next_token,
+                owner: Owner::Retired(rid),
+            };
+            let mut ignored = Vec::new();
+            http.tick(&mut reg, now, &mut ignored);
+            if *deadline <= now {
+                http.abort(&mut reg);
+            }
+            if http.is_done() {
+                self.retired.remove(&rid);
+            }
         }
     }
 

@@ -15,4 +15,6 @@ pub mod log;
 pub mod mcp;
 pub mod signals;
 pub mod timer;
+pub mod tls;
+pub mod transport;
 pub mod upstream;

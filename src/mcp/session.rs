@@ -3,6 +3,7 @@
 
 use super::route::Naming;
 use crate::config::McpBackend;
+use crate::upstream::http::HttpTarget;
 use crate::upstream::stdio::StdioChild;
 use mio::Token;
 use serde_json::Value;
@@ -27,6 +28,7 @@ pub struct TargetSlot {
     pub name: String,
     pub state: TargetState,
     pub child: Option<StdioChild>,
+    pub http: Option<HttpTarget>,
     /// stdin, stdout, stderr tokens.
     pub tokens: [Token; 3],
     pub init_result: Option<Value>,

@@ -1,3 +1,4 @@
 //! Upstream transports: one module per kind of target.
 
+pub mod http;
 pub mod stdio;

@@ -1,0 +1,194 @@
+//! TLS to upstreams: rustls client configurations (webpki-roots, an extra root CA from a PEM
+//! file, or no verification at all), built once at load time and shared by every connection.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{ring, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::sync::Arc;
+
+/// How to verify one upstream's certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// A PEM file with extra trusted root certificates.
+    pub root: Option<String>,
+    /// The name to send as SNI and to verify the certificate against, instead of the URL's host.
+    pub hostname: Option<String>,
+    /// Accept any certificate (logged loudly at startup).
+    pub insecure: bool,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+/// Builds the client configuration for `opts`. Errors name the file or the reason.
+pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let mut cfg = if opts.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
+            .with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &opts.root {
+            let pem =
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            let certs = pem_certificates(&pem);
+            if certs.is_empty() {
+                return Err(format!("{path}: no PEM certificate found"));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{path}: not a usable root certificate: {e}"))?;
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    // HTTP/1.1 only: the upstream client speaks nothing else.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The name to verify: the override, else the URL's host.
+pub fn server_name(host: &str, opts: &TlsOptions) -> Result<ServerName<'static>, String> {
+    let name = opts.hostname.as_deref().unwrap_or(host);
+    ServerName::try_from(name.to_string())
+        .map_err(|_| format!("{name:?} is not a valid TLS server name"))
+}
+
+/// The DER certificates in a PEM text (`-----BEGIN CERTIFICATE-----` blocks).
+pub fn pem_certificates(pem: &str) -> Vec<CertificateDer<'static>> {
+    let mut out = Vec::new();
+    let mut body: Option<String> = None;
+    for line in pem.lines().map(str::trim) {
+        match (&mut body, line) {
+            (None, "-----BEGIN CERTIFICATE-----") => body = Some(String::new()),
+            (Some(b), "-----END CERTIFICATE-----") => {
+                if let Some(der) = base64_decode(b) {
+                    out.push(CertificateDer::from(der));
+                }
+                body = None;
+            }
+            (Some(b), l) => b.push_str(l),
+            (None, _) => {}
+        }
+    }
+    out
+}
+
+/// Standard base64 (with padding, whitespace already removed).
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= val(c)? << (18 - 6 * i);
+        }
+        let take = match chunk.len() {
+            4 => 3,
+            3 => 2,
+            2 => 1,
+            _ => return None,
+        };
+        out.extend_from_slice(&n.to_be_bytes()[1..1 + take]);
+    }
+    Some(out)
+}
+
+/// `insecure: true`: every certificate is accepted; signatures are still checked so the
+/// handshake itself stays sound.
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_and_pem() {
+        assert_eq!(base64_decode("aGVsbG8="), Some(b"hello".to_vec()));
+        assert_eq!(base64_decode("aGk="), Some(b"hi".to_vec()));
+        assert_eq!(base64_decode("a$=="), None);
+        let pem = "junk\n-----BEGIN CERTIFICATE-----\naGVs\nbG8=\n-----END CERTIFICATE-----\n";
+        assert_eq!(pem_certificates(pem).len(), 1);
+        assert!(pem_certificates("nothing").is_empty());
+    }
+
+    #[test]
+    fn configs_build() {
+        assert!(client_config(&TlsOptions::default()).is_ok());
+        assert!(client_config(&TlsOptions {
+            insecure: true,
+            ..TlsOptions::default()
+        })
+        .is_ok());
+        let missing = client_config(&TlsOptions {
+            root: Some("/nonexistent.pem".into()),
+            ..TlsOptions::default()
+        });
+        assert!(missing.is_err_and(|e| e.contains("/nonexistent.pem")));
+        assert!(server_name("example.com", &TlsOptions::default()).is_ok());
+    }
+}
