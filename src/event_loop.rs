@@ -199,6 +199,20 @@ impl Gateway {
         for a in &self.local_addrs {
             log!("listening on {a}");
         }
+        for (b, bind) in self.cfg.binds.iter().enumerate() {
+            for route in bind.listeners.iter().flat_map(|l| l.routes.iter()) {
+                if route
+                    .backend_tls
+                    .as_ref()
+                    .is_some_and(|t| t.options.insecure)
+                {
+                    log!(
+                        "WARNING: backendTLS insecure: true on a route of bind {b} ({}): upstream certificates are NOT verified",
+                        bind.addr
+                    );
+                }
+            }
+        }
         let mut events = Events::with_capacity(1024);
         let mut ready = Vec::with_capacity(1024);
         loop {
