@@ -58,6 +58,10 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_sessions: usize,
     pub max_inflight: usize,
+    /// Refuse requests whose Host or Origin could come from a DNS-rebinding attack.
+    pub dns_rebinding_protection: bool,
+    /// Host names (besides loopback names) that requests may carry in `Host`.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Limits {
@@ -74,6 +78,8 @@ impl Default for Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_inflight: DEFAULT_MAX_INFLIGHT,
+            dns_rebinding_protection: true,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -95,10 +101,45 @@ pub struct Listener {
 pub struct Route {
     pub name: Option<String>,
     pub hostnames: Vec<String>,
-    pub matches: Vec<PathMatch>,
+    /// Any one of these must match (none = every request).
+    pub matches: Vec<RouteMatch>,
     pub backend: Rc<McpBackend>,
     /// `backendTLS`: TLS (verified as configured) to this route's HTTP targets.
     pub backend_tls: Option<Rc<BackendTls>>,
+    /// `cors`: which browser origins may call this route.
+    pub cors: Option<Rc<Cors>>,
+}
+
+/// One entry of a route's `matches`: every condition given must hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteMatch {
+    pub path: Option<PathMatch>,
+    /// (lower-cased name, exact value)
+    pub headers: Vec<(String, String)>,
+    /// (name, exact value)
+    pub query: Vec<(String, String)>,
+    pub method: Option<String>,
+}
+
+/// The CORS policy of a route.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cors {
+    /// Origins (`scheme://host[:port]`), or `*`.
+    pub allow_origins: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub allow_methods: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<u64>,
+    pub allow_credentials: bool,
+}
+
+impl Cors {
+    /// Whether `origin` may use the route.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allow_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
 }
 
 /// A route's `backendTLS` policy, with its rustls configuration built at load time.
@@ -114,18 +155,52 @@ pub enum PathMatch {
     Prefix(String),
 }
 
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => {
+                path.starts_with(p.as_str())
+                    && (p.ends_with('/')
+                        || path.len() == p.len()
+                        || path.as_bytes().get(p.len()) == Some(&b'/'))
+            }
+        }
+    }
+}
+
+/// What a route match looks at in a request.
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+    pub query: &'a dyn Fn(&str) -> Option<&'a str>,
+}
+
 impl Route {
     /// Whether this route takes a request for `path` (no matches = every path).
     pub fn matches_path(&self, path: &str) -> bool {
         self.matches.is_empty()
-            || self.matches.iter().any(|m| match m {
-                PathMatch::Exact(p) => path == p,
-                PathMatch::Prefix(p) => {
-                    path.starts_with(p.as_str())
-                        && (p.ends_with('/')
-                            || path.len() == p.len()
-                            || path.as_bytes().get(p.len()) == Some(&b'/'))
-                }
+            || self
+                .matches
+                .iter()
+                .any(|m| m.path.as_ref().is_none_or(|p| p.matches(path)))
+    }
+
+    /// Whether this route takes the request: any one match entry holds in full.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.matches.is_empty()
+            || self.matches.iter().any(|m| {
+                m.path.as_ref().is_none_or(|p| p.matches(req.path))
+                    && m.method
+                        .as_deref()
+                        .is_none_or(|x| x.eq_ignore_ascii_case(req.method))
+                    && m.headers
+                        .iter()
+                        .all(|(n, v)| (req.header)(n) == Some(v.as_str()))
+                    && m.query
+                        .iter()
+                        .all(|(n, v)| (req.query)(n) == Some(v.as_str()))
             })
     }
 }
@@ -592,6 +667,10 @@ impl Checker {
                 *slot = d;
             }
         }
+        if o.map.contains_key("dnsRebindingProtection") {
+            l.dns_rebinding_protection = self.boolean(&mut o, "dnsRebindingProtection");
+        }
+        l.allowed_hosts = self.strings(&mut o, "allowedHosts");
         self.finish(o);
     }
 
@@ -686,28 +765,13 @@ impl Checker {
         let hostnames = self.strings(&mut o, "hostnames");
         let mut matches = Vec::new();
         for (mpath, m) in self.seq(&mut o, "matches") {
-            if let Some(mut mo) = self.obj(m, &mpath) {
-                if let Some(p) = self.get(&mut mo, "path") {
-                    if let Some(mut po) = self.obj(p, &join(&mpath, "path")) {
-                        if let Some(s) = self.string(&mut po, "exact") {
-                            matches.push(PathMatch::Exact(s));
-                        }
-                        if let Some(s) = self.string(&mut po, "pathPrefix") {
-                            matches.push(PathMatch::Prefix(s));
-                        }
-                        self.unsupported(&mut po, "regex");
-                        self.finish(po);
-                    }
-                }
-                self.unsupported(&mut mo, "headers");
-                self.unsupported(&mut mo, "method");
-                self.unsupported(&mut mo, "query");
-                self.finish(mo);
+            if let Some(m) = self.route_match(m, &mpath) {
+                matches.push(m);
             }
         }
-        let mut backend_tls = None;
+        let (mut backend_tls, mut cors) = (None, None);
         if let Some(p) = self.get(&mut o, "policies") {
-            backend_tls = self.policies(p, &join(path, "policies"));
+            (backend_tls, cors) = self.policies(p, &join(path, "policies"));
         }
         let mut backends = Vec::new();
         for (bpath, b) in self.seq(&mut o, "backends") {
@@ -732,18 +796,24 @@ impl Checker {
             matches,
             backend: backend?,
             backend_tls,
+            cors,
         })
     }
 
-    /// Route policies; returns the `backendTLS` policy if one is given.
-    fn policies(&mut self, v: &Value, path: &str) -> Option<Rc<BackendTls>> {
-        let mut o = self.obj(v, path)?;
+    /// Route policies: `backendTLS` and `cors`.
+    fn policies(&mut self, v: &Value, path: &str) -> (Option<Rc<BackendTls>>, Option<Rc<Cors>>) {
+        let Some(mut o) = self.obj(v, path) else {
+            return (None, None);
+        };
         let mut tls = None;
         if let Some(t) = self.get(&mut o, "backendTLS") {
             tls = self.backend_tls(t, &join(path, "backendTLS"));
         }
+        let mut cors = None;
+        if let Some(c) = self.get(&mut o, "cors") {
+            cors = self.cors(c, &join(path, "cors")).map(Rc::new);
+        }
         for key in [
-            "cors",
             "backendAuth",
             "mcpAuthorization",
             "mcpAuthentication",
@@ -756,7 +826,104 @@ impl Checker {
             self.unsupported(&mut o, key);
         }
         self.finish(o);
-        tls
+        (tls, cors)
+    }
+
+    fn cors(&mut self, v: &Value, path: &str) -> Option<Cors> {
+        let mut o = self.obj(v, path)?;
+        let allow_origins = self.strings(&mut o, "allowOrigins");
+        let allow_headers = self.strings(&mut o, "allowHeaders");
+        let allow_methods = self.strings(&mut o, "allowMethods");
+        let expose_headers = self.strings(&mut o, "exposeHeaders");
+        let max_age = self.duration(&mut o, "maxAge").map(|d| d.as_secs());
+        let allow_credentials = self.boolean(&mut o, "allowCredentials");
+        self.finish(o);
+        for origin in &allow_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                self.err(
+                    &join(path, "allowOrigins"),
+                    format!("{origin:?}: expected `*` or scheme://host[:port]"),
+                );
+            }
+        }
+        if allow_credentials && allow_origins.iter().any(|o| o == "*") {
+            // The CORS spec forbids a wildcard origin with credentials.
+            self.err(
+                path,
+                "allowCredentials cannot be combined with allowOrigins `*`",
+            );
+        }
+        Some(Cors {
+            allow_origins,
+            allow_headers,
+            allow_methods,
+            expose_headers,
+            max_age,
+            allow_credentials,
+        })
+    }
+
+    fn boolean(&mut self, o: &mut Obj<'_>, key: &'static str) -> bool {
+        let path = join(&o.path, key);
+        match self.get(o, key) {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                self.err(&path, "expected true or false");
+                false
+            }
+        }
+    }
+
+    fn route_match(&mut self, v: &Value, mpath: &str) -> Option<RouteMatch> {
+        let mut mo = self.obj(v, mpath)?;
+        let mut m = RouteMatch::default();
+        if let Some(p) = self.get(&mut mo, "path") {
+            if let Some(mut po) = self.obj(p, &join(mpath, "path")) {
+                if let Some(s) = self.string(&mut po, "exact") {
+                    m.path = Some(PathMatch::Exact(s));
+                }
+                if let Some(s) = self.string(&mut po, "pathPrefix") {
+                    m.path = Some(PathMatch::Prefix(s));
+                }
+                self.unsupported(&mut po, "regex");
+                self.finish(po);
+            }
+        }
+        m.headers = self.name_values(&mut mo, "headers");
+        for (n, _) in m.headers.iter_mut() {
+            *n = n.to_ascii_lowercase();
+        }
+        m.query = self.name_values(&mut mo, "query");
+        m.method = self.string(&mut mo, "method");
+        self.finish(mo);
+        Some(m)
+    }
+
+    /// `[{name: N, value: {exact: V}}]` (header and query matches).
+    fn name_values(&mut self, o: &mut Obj<'_>, key: &'static str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (hpath, h) in self.seq(o, key) {
+            let Some(mut ho) = self.obj(h, &hpath) else {
+                continue;
+            };
+            let name = self.required_string(&mut ho, "name");
+            let mut value = None;
+            if let Some(v) = self.get(&mut ho, "value") {
+                if let Some(mut vo) = self.obj(v, &join(&hpath, "value")) {
+                    value = self.required_string(&mut vo, "exact");
+                    self.unsupported(&mut vo, "regex");
+                    self.finish(vo);
+                }
+            } else {
+                self.err(&join(&hpath, "value"), "missing");
+            }
+            self.finish(ho);
+            if let (Some(n), Some(v)) = (name, value) {
+                out.push((n, v));
+            }
+        }
+        out
     }
 
     fn backend_tls(&mut self, v: &Value, path: &str) -> Option<Rc<BackendTls>> {
@@ -1044,9 +1211,9 @@ impl Checker {
     fn shorthand(&mut self, v: &Value, path: &str) -> Option<Bind> {
         let mut o = self.obj(v, path)?;
         let addr = self.bind_addr(&mut o);
-        let mut backend_tls = None;
+        let (mut backend_tls, mut cors) = (None, None);
         if let Some(p) = self.get(&mut o, "policies") {
-            backend_tls = self.policies(p, &join(path, "policies"));
+            (backend_tls, cors) = self.policies(p, &join(path, "policies"));
         }
         let backend = self.mcp_body(&mut o, None);
         self.finish(o);
@@ -1061,10 +1228,14 @@ impl Checker {
                     // The MCP endpoints; anything else is a 404.
                     matches: ["/mcp", "/sse", "/message", "/messages"]
                         .into_iter()
-                        .map(|p| PathMatch::Exact(p.to_string()))
+                        .map(|p| RouteMatch {
+                            path: Some(PathMatch::Exact(p.to_string())),
+                            ..RouteMatch::default()
+                        })
                         .collect(),
                     backend: Rc::new(backend?),
                     backend_tls,
+                    cors,
                 }],
             }],
         })
@@ -1180,16 +1351,59 @@ binds:
 
     #[test]
     fn later_features_are_rejected_not_ignored() {
-        let text = "mcp:\n  port: 1\n  policies: {cors: {allowOrigins: ['*']}}\n  targets:\n  - name: r\n    openapi: {host: 'http://x/mcp'}\n";
+        let text = "mcp:\n  port: 1\n  policies: {mcpAuthorization: {rules: []}}\n  targets:\n  - name: r\n    openapi: {host: 'http://x/mcp'}\n";
         let errs = errors(text);
         assert!(
-            errs.contains(&"mcp.policies.cors: not supported yet".to_string()),
+            errs.contains(&"mcp.policies.mcpAuthorization: not supported yet".to_string()),
             "{errs:?}"
         );
         assert!(
             errs.contains(&"mcp.targets[0].openapi: not supported yet".to_string()),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn route_matches_and_cors() {
+        let text = r#"
+binds:
+- port: 0
+  listeners:
+  - routes:
+    - matches:
+      - path: {pathPrefix: /a}
+        method: POST
+        headers: [{name: X-Tenant, value: {exact: blue}}]
+        query: [{name: k, value: {exact: v}}]
+      policies:
+        cors: {allowOrigins: ["http://app.example"], maxAge: 60, allowCredentials: true}
+      backends: [{mcp: {targets: [{name: a, stdio: {cmd: a}}]}}]
+"#;
+        let c = Config::parse(text).expect("valid");
+        let r = &c.binds[0].listeners[0].routes[0];
+        let view = |method: &'static str, tenant: Option<&'static str>| {
+            let header = move |n: &str| (n == "x-tenant").then_some(tenant).flatten();
+            let query = |n: &str| (n == "k").then_some("v");
+            r.matches(&RequestView {
+                method,
+                path: "/a/mcp",
+                header: &header,
+                query: &query,
+            })
+        };
+        assert!(view("POST", Some("blue")));
+        assert!(!view("GET", Some("blue")));
+        assert!(!view("POST", Some("red")));
+        assert!(!view("POST", None));
+        let cors = r.cors.as_ref().expect("cors");
+        assert!(cors.allows("http://app.example") && !cors.allows("http://evil.example"));
+        assert_eq!(cors.max_age, Some(60));
+        let errs = errors("mcp:\n  port: 0\n  policies: {cors: {allowOrigins: ['*', 'ftp:x'], allowCredentials: true}}\n  targets: [{name: a, stdio: {cmd: a}}]\n");
+        assert!(
+            errs.iter().any(|e| e.contains("allowCredentials cannot")),
+            "{errs:?}"
+        );
+        assert!(errs.iter().any(|e| e.contains("\"ftp:x\"")), "{errs:?}");
     }
 
     #[test]

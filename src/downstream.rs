@@ -61,6 +61,8 @@ pub struct Conn {
     pub request_started: Option<Instant>,
     /// The response being streamed uses chunked framing (HTTP/1.1 peer).
     pub chunked: bool,
+    /// Headers every response to the current request carries (CORS).
+    pub extra: Vec<(&'static str, String)>,
     /// `100 Continue` was sent for the request being read.
     pub continued: bool,
     /// Last readiness event (idle keep-alive timeout).
@@ -84,6 +86,7 @@ impl Conn {
             request_started: None,
             chunked: true,
             continued: false,
+            extra: Vec::new(),
             last_active: Instant::now(),
             last_write: Instant::now(),
         }
@@ -209,6 +212,13 @@ impl Conn {
         if !chunked {
             self.closing = true;
         }
+    }
+
+    /// Queues one event of another type (the legacy transport's `endpoint`).
+    pub fn sse_event(&mut self, event: &str, data: &str) {
+        let mut ev = Vec::new();
+        sse::encode(&mut ev, Some(event), None, data);
+        self.stream_bytes(&ev);
     }
 
     /// Queues one `event: message` carrying a JSON-RPC message.

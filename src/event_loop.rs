@@ -2,7 +2,10 @@
 //! child pipes, the signal socket). Each readiness event is dispatched by token to its owner;
 //! timers run off the same loop, with the earliest deadline as the poll timeout.
 
-use crate::config::{BackendTls, Config, FailureMode, McpBackend, Route, Target, TargetKind, Url};
+use crate::config::{
+    BackendTls, Config, Cors, FailureMode, Limits, McpBackend, RequestView, Route, Target,
+    TargetKind, Url,
+};
 use crate::downstream::{Conn, ConnState, Exchange, ReadResult};
 use crate::http::parse::{expects_continue, parse_request, Limits as HttpLimits, Request};
 use crate::http::Status;
@@ -402,10 +405,16 @@ impl Gateway {
         self.owners.remove(&Token(id));
         match c.state {
             ConnState::Stream { session } => {
+                let mut legacy = false;
                 if let Some(s) = self.sessions.get_mut(&session) {
                     if s.get_stream == Some(id) {
                         s.get_stream = None;
+                        legacy = s.legacy;
                     }
+                }
+                // A legacy session lives exactly as long as its stream.
+                if legacy {
+                    self.end_session(session, "the client closed its SSE stream");
                 }
             }
             ConnState::Exchange(ex) => {
@@ -431,36 +440,54 @@ impl Gateway {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        c.extra.clear();
         let bind = &self.cfg.binds[c.bind];
-        if let Err(why) = check_origin(&req, bind.addr) {
+        let host = req.header("host").map(strip_port).unwrap_or("");
+        let header = |n: &str| req.header(n);
+        let query = |n: &str| req.query_param(n);
+        let view = RequestView {
+            method: &req.method,
+            path: &req.path,
+            header: &header,
+            query: &query,
+        };
+        let route = find_route(bind, host, &view);
+        let cors = route.and_then(|r| r.cors.clone());
+        if let Err(why) = check_origin(&req, bind.addr, &self.cfg.limits, cors.as_deref()) {
             log!("refused {} {}: {why}", req.method, req.path);
             c.respond_text(403, &format!("{why}\n"), keep_alive);
             return;
         }
-        let host = req.header("host").map(strip_port).unwrap_or("");
-        let Some(route) = find_route(bind, host, &req.path) else {
+        let Some(route) = route else {
             c.respond_text(404, "no route\n", keep_alive);
             return;
         };
         let backend = Rc::clone(&route.backend);
         let tls = route.backend_tls.clone();
-        let p = req.path.as_str();
-        if p.ends_with("/sse") || p.ends_with("/message") || p.ends_with("/messages") {
-            c.respond_text(
-                404,
-                "the legacy HTTP+SSE transport is not supported yet; use /mcp\n",
-                keep_alive,
-            );
-            return;
+        if let (Some(cors), Some(origin)) = (cors.as_deref(), req.header("origin")) {
+            if cors.allows(origin) {
+                c.extra = cors_headers(cors, origin);
+            }
         }
+        let p = req.path.as_str();
+        let legacy_stream = p.ends_with("/sse");
+        let legacy_post = legacy_stream || p.ends_with("/message") || p.ends_with("/messages");
         match req.method.as_str() {
+            "OPTIONS" => self.preflight(id, &req, cors.as_deref(), keep_alive),
+            "GET" if legacy_stream => self.legacy_open(id, req, backend, tls, keep_alive),
+            "POST" if legacy_post && req.query_param("sessionId").is_some() => {
+                self.legacy_post(id, req, keep_alive)
+            }
+            "POST" if p.ends_with("/message") || p.ends_with("/messages") => {
+                self.legacy_post(id, req, keep_alive)
+            }
             "POST" => self.post(id, req, backend, tls, keep_alive),
-            "GET" => self.open_stream(id, req, keep_alive),
-            "DELETE" => self.delete(id, req, keep_alive),
+            "GET" if !legacy_post => self.open_stream(id, req, keep_alive),
+            "DELETE" if !legacy_post => self.delete(id, req, keep_alive),
             _ => c.respond(
                 405,
                 &[
-                    ("Allow", "GET, POST, DELETE"),
+                    ("Allow", "GET, POST, DELETE, OPTIONS"),
                     ("Content-Type", "text/plain"),
                 ],
                 b"method not allowed\n",
@@ -658,6 +685,39 @@ impl Gateway {
 
     // ---- sessions ------------------------------------------------------------------------
 
+    /// A new session, not yet initialized (no targets started). Err: the JSON-RPC error.
+    fn create_session(
+        &mut self,
+        backend: Rc<McpBackend>,
+        tls: Option<Rc<BackendTls>>,
+        legacy: bool,
+    ) -> Result<u64, (i64, String)> {
+        if self.sessions.len() >= self.cfg.limits.max_sessions {
+            return Err((jsonrpc::UPSTREAM_ERROR, "too many sessions".into()));
+        }
+        let sid = new_session_id().map_err(|e| {
+            (
+                jsonrpc::INTERNAL_ERROR,
+                format!("cannot create a session id: {e}"),
+            )
+        })?;
+        let sk = self.next_session;
+        self.next_session += 1;
+        let mut s = Session::new(sid.clone(), backend, Value::Null);
+        s.tls = tls;
+        s.legacy = legacy;
+        log!(
+            "[{}] session started ({} target(s){})",
+            short_id(&sid),
+            s.backend.targets.len(),
+            if legacy { ", legacy SSE" } else { "" }
+        );
+        self.sessions.insert(sk, s);
+        self.session_ids.insert(sid, sk);
+        Ok(sk)
+    }
+
+    /// Streamable HTTP `initialize`: a new session whose id goes back on this POST's answer.
     fn begin_session(
         &mut self,
         id: usize,
@@ -668,33 +728,58 @@ impl Gateway {
         keep_alive: bool,
     ) {
         let client_id = msg.get("id").cloned().unwrap_or(Value::Null);
-        let refuse = |gw: &mut Gateway, code: i64, why: &str| {
-            if let Some(c) = gw.conns.get_mut(&id) {
-                c.respond_json(
-                    200,
-                    &[],
-                    &jsonrpc::error(client_id.clone(), code, why),
-                    keep_alive,
-                );
+        let refused = if jsonrpc::classify(&msg).is_err() {
+            Err((
+                jsonrpc::INVALID_REQUEST,
+                "invalid initialize request".to_string(),
+            ))
+        } else {
+            self.create_session(backend, tls, false)
+        };
+        let sk = match refused {
+            Ok(sk) => sk,
+            Err((code, why)) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.respond_json(200, &[], &jsonrpc::error(client_id, code, &why), keep_alive);
+                }
+                return;
             }
         };
-        if jsonrpc::classify(&msg).is_err() {
-            return refuse(self, jsonrpc::INVALID_REQUEST, "invalid initialize request");
+        let sid = self.sessions.get(&sk).map(|s| s.id.clone());
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.state = ConnState::Exchange(Exchange {
+                session: sk,
+                remaining: 1,
+                batch: false,
+                streaming: false,
+                collected: Vec::new(),
+                session_header: sid,
+                keep_alive,
+            });
+            c.chunked = chunked;
         }
-        if self.sessions.len() >= self.cfg.limits.max_sessions {
-            return refuse(self, jsonrpc::UPSTREAM_ERROR, "too many sessions");
-        }
-        let sid = match new_session_id() {
-            Ok(s) => s,
-            Err(e) => {
-                return refuse(
-                    self,
-                    jsonrpc::INTERNAL_ERROR,
-                    &format!("cannot create a session id: {e}"),
-                )
-            }
+        self.initialize_session(sk, id, msg);
+    }
+
+    /// The client's `initialize`: negotiates the version, starts every target and sends each
+    /// its `initialize`. The answer goes to connection `reply` (the POST, or the legacy stream).
+    fn initialize_session(&mut self, sk: u64, reply: usize, msg: Value) {
+        let client_id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
         };
+        if !s.targets.is_empty() {
+            let e = jsonrpc::error(
+                client_id,
+                jsonrpc::INVALID_REQUEST,
+                "session is already initialized",
+            );
+            return self.reply(Some(reply), e);
+        }
         let mut params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
+        if !params.is_object() {
+            params = json!({});
+        }
         let asked = params
             .get("protocolVersion")
             .and_then(Value::as_str)
@@ -706,18 +791,11 @@ impl Gateway {
         }
         .to_string();
         params["protocolVersion"] = Value::String(version.clone());
-        let sk = self.next_session;
-        self.next_session += 1;
-        let mut s = Session::new(sid.clone(), Rc::clone(&backend), params.clone());
         s.version = version;
-        log!(
-            "[{}] session started ({} target(s))",
-            short_id(&sid),
-            backend.targets.len()
-        );
-        self.sessions.insert(sk, s);
-        self.session_ids.insert(sid.clone(), sk);
-
+        s.init_params = params.clone();
+        let backend = Rc::clone(&s.backend);
+        let tls = s.tls.clone();
+        let sid = s.id.clone();
         let mut parts = Vec::new();
         for (t, target) in backend.targets.iter().enumerate() {
             let (slot, events) = self.start_target(sk, t, target, tls.as_deref(), &sid);
@@ -729,28 +807,143 @@ impl Gateway {
             }
             self.upstream_events(sk, t, events);
         }
-        if let Some(c) = self.conns.get_mut(&id) {
-            c.state = ConnState::Exchange(Exchange {
-                session: sk,
-                remaining: 1,
-                batch: false,
-                streaming: false,
-                collected: Vec::new(),
-                session_header: Some(sid),
-                keep_alive,
-            });
-            c.chunked = chunked;
-        }
         let timeout = self.cfg.limits.init_timeout;
         self.start_call(
             sk,
-            Some(id),
+            Some(reply),
             client_id,
             "initialize",
             CallKind::Initialize,
             parts,
             timeout,
         );
+    }
+
+    /// Legacy HTTP+SSE (2024-11-05): `GET /sse` opens a session whose every message travels on
+    /// this stream; the `endpoint` event tells the client where to POST.
+    fn legacy_open(
+        &mut self,
+        id: usize,
+        req: Request,
+        backend: Rc<McpBackend>,
+        tls: Option<Rc<BackendTls>>,
+        keep_alive: bool,
+    ) {
+        let sk = match self.create_session(backend, tls, true) {
+            Ok(sk) => sk,
+            Err((_, why)) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.respond_text(503, &format!("{why}\n"), keep_alive);
+                }
+                return;
+            }
+        };
+        let (Some(c), Some(s)) = (self.conns.get_mut(&id), self.sessions.get_mut(&sk)) else {
+            return;
+        };
+        s.get_stream = Some(id);
+        c.state = ConnState::Stream { session: sk };
+        c.start_sse(&[], req.minor_version > 0);
+        c.sse_event("endpoint", &format!("{}?sessionId={}", req.path, s.id));
+        c.last_write = Instant::now();
+    }
+
+    /// Legacy HTTP+SSE: a message POSTed to the endpoint. Accepted with 202; every answer goes
+    /// out on the session's stream.
+    fn legacy_post(&mut self, id: usize, req: Request, keep_alive: bool) {
+        let found = req
+            .query_param("sessionId")
+            .and_then(|sid| self.session_ids.get(sid))
+            .copied();
+        let stream = found
+            .and_then(|sk| self.sessions.get(&sk))
+            .filter(|s| s.legacy)
+            .and_then(|s| s.get_stream);
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let (Some(sk), Some(stream)) = (found, stream) else {
+            let (status, why) = match req.query_param("sessionId") {
+                None => (400, "sessionId query parameter is required\n"),
+                Some(_) => (404, "Session not found\n"),
+            };
+            return c.respond_text(status, why, keep_alive);
+        };
+        if !media_type_is(req.header("content-type").unwrap_or(""), "application/json") {
+            return c.respond_text(415, "Content-Type must be application/json\n", keep_alive);
+        }
+        let body = match jsonrpc::parse_body(&req.body) {
+            Ok(b) => b,
+            Err(e) => return c.respond_json(400, &[], &e, keep_alive),
+        };
+        c.respond(
+            202,
+            &[("Content-Type", "text/plain")],
+            b"Accepted",
+            keep_alive,
+        );
+        if let Some(s) = self.sessions.get_mut(&sk) {
+            s.last_active = Instant::now();
+        }
+        for m in body.messages {
+            match jsonrpc::classify(&m) {
+                Ok(Kind::Request) if jsonrpc::method(&m) == "initialize" => {
+                    self.initialize_session(sk, stream, m)
+                }
+                Ok(kind) => self.client_message(sk, stream, kind, m),
+                Err(why) => {
+                    let rid = m
+                        .get("id")
+                        .filter(|i| i.is_string() || i.is_number())
+                        .cloned();
+                    let e =
+                        jsonrpc::error(rid.unwrap_or(Value::Null), jsonrpc::INVALID_REQUEST, why);
+                    self.reply(Some(stream), e);
+                }
+            }
+        }
+    }
+
+    /// A CORS preflight (`OPTIONS` with `Access-Control-Request-Method`), answered here.
+    fn preflight(&mut self, id: usize, req: &Request, cors: Option<&Cors>, keep_alive: bool) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let origin = req.header("origin").unwrap_or("");
+        let Some(cors) = cors
+            .filter(|p| req.header("access-control-request-method").is_some() && p.allows(origin))
+        else {
+            c.extra.clear();
+            return c.respond(
+                204,
+                &[("Allow", "GET, POST, DELETE, OPTIONS")],
+                b"",
+                keep_alive,
+            );
+        };
+        let methods = if cors.allow_methods.is_empty() {
+            "GET, POST, DELETE, OPTIONS".to_string()
+        } else {
+            cors.allow_methods.join(", ")
+        };
+        let headers =
+            if cors.allow_headers.iter().any(|h| h == "*") || cors.allow_headers.is_empty() {
+                // Echo what the browser asked for: `*` does not cover credentialed requests.
+                req.header("access-control-request-headers")
+                    .unwrap_or("")
+                    .to_string()
+            } else {
+                cors.allow_headers.join(", ")
+            };
+        let max_age = cors.max_age.map(|m| m.to_string());
+        let mut h: Vec<(&str, &str)> = vec![("Access-Control-Allow-Methods", &methods)];
+        if !headers.is_empty() {
+            h.push(("Access-Control-Allow-Headers", &headers));
+        }
+        if let Some(m) = &max_age {
+            h.push(("Access-Control-Max-Age", m));
+        }
+        c.respond(204, &h, b"", keep_alive);
     }
 
     /// Starts one target for a session: spawns a stdio child, or prepares an HTTP client.
@@ -1591,7 +1784,24 @@ impl Gateway {
             short_id(&s.id),
             s.version
         );
+        let backlog: Vec<Value> = s.backlog.drain(..).collect();
+        let stream = s.get_stream;
         self.reply(call.conn, jsonrpc::result(call.client_id, merged));
+        // What targets said during initialization waits for a stream; a legacy session has
+        // had one all along.
+        match stream.and_then(|g| self.conns.get_mut(&g)) {
+            Some(c) => {
+                for m in &backlog {
+                    c.sse_message(m);
+                }
+                let _ = c.flush();
+            }
+            None => {
+                if let Some(s) = self.sessions.get_mut(&sk) {
+                    s.backlog.extend(backlog);
+                }
+            }
+        }
     }
 
     /// Delivers one answer to the POST that asked for it.
@@ -1607,6 +1817,17 @@ impl Gateway {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        if let ConnState::Stream { .. } = c.state {
+            // A legacy session: answers travel on its stream like everything else.
+            if let Some(m) = msg {
+                c.sse_message(&m);
+                c.last_write = Instant::now();
+                if c.flush().is_err() || c.unwritten() > MAX_UNWRITTEN {
+                    self.close_conn(id);
+                }
+            }
+            return;
+        }
         let ConnState::Exchange(ex) = &mut c.state else {
             return;
         };
@@ -2034,15 +2255,50 @@ impl Gateway {
 }
 
 /// The route for a request on a bind: first match in config order.
-fn find_route<'a>(bind: &'a crate::config::Bind, host: &str, path: &str) -> Option<&'a Route> {
+fn find_route<'a>(
+    bind: &'a crate::config::Bind,
+    host: &str,
+    req: &RequestView<'_>,
+) -> Option<&'a Route> {
     bind.listeners
         .iter()
         .filter(|l| l.hostname.as_deref().is_none_or(|h| host_matches(h, host)))
         .flat_map(|l| l.routes.iter())
         .find(|r| {
             (r.hostnames.is_empty() || r.hostnames.iter().any(|h| host_matches(h, host)))
-                && r.matches_path(path)
+                && r.matches(req)
         })
+}
+
+/// The CORS headers for an allowed origin's actual (non-preflight) request.
+fn cors_headers(cors: &Cors, origin: &str) -> Vec<(&'static str, String)> {
+    let wildcard = cors.allow_origins.iter().any(|o| o == "*") && !cors.allow_credentials;
+    let mut h = vec![(
+        "Access-Control-Allow-Origin",
+        if wildcard {
+            "*".to_string()
+        } else {
+            origin.to_string()
+        },
+    )];
+    if !wildcard {
+        h.push(("Vary", "Origin".to_string()));
+    }
+    // Browsers may read only exposed headers; a client needs the session id.
+    let mut expose = cors.expose_headers.clone();
+    for needed in ["Mcp-Session-Id", "MCP-Protocol-Version"] {
+        if !expose
+            .iter()
+            .any(|e| e.eq_ignore_ascii_case(needed) || e == "*")
+        {
+            expose.push(needed.to_string());
+        }
+    }
+    h.push(("Access-Control-Expose-Headers", expose.join(", ")));
+    if cors.allow_credentials {
+        h.push(("Access-Control-Allow-Credentials", "true".to_string()));
+    }
+    h
 }
 
 fn host_matches(pattern: &str, host: &str) -> bool {
@@ -2068,20 +2324,45 @@ fn is_local_host(h: &str) -> bool {
     matches!(strip_port(h), "localhost" | "127.0.0.1" | "::1")
 }
 
-/// DNS-rebinding protection (MCP spec, transports): on a loopback bind, the Host must name the
-/// loopback, and a browser Origin, if sent, must be a loopback origin.
-fn check_origin(req: &Request, addr: SocketAddr) -> Result<(), &'static str> {
-    if !addr.ip().is_loopback() {
+/// DNS-rebinding protection (MCP spec, transports). With it on (the default):
+/// - on a loopback bind, `Host` must be a loopback name or one of `allowedHosts`; on other
+///   binds it must be one of `allowedHosts` when that list is given;
+/// - a browser's `Origin`, when sent, must be allowed by the route's CORS policy, be a
+///   loopback origin on a loopback bind, or match `Host` (same origin).
+fn check_origin(
+    req: &Request,
+    addr: SocketAddr,
+    limits: &Limits,
+    cors: Option<&Cors>,
+) -> Result<(), &'static str> {
+    if !limits.dns_rebinding_protection {
         return Ok(());
     }
+    let loopback = addr.ip().is_loopback();
+    let allowed_host = |h: &str| {
+        let name = strip_port(h);
+        limits.allowed_hosts.iter().any(|a| host_matches(a, name))
+    };
     if let Some(h) = req.header("host") {
-        if !is_local_host(h) {
-            return Err("Host is not a loopback name");
+        let ok = if loopback {
+            is_local_host(h) || allowed_host(h)
+        } else {
+            limits.allowed_hosts.is_empty() || allowed_host(h)
+        };
+        if !ok {
+            return Err("Host is not allowed");
         }
     }
     if let Some(o) = req.header("origin") {
         let hostport = o.split_once("://").map_or("", |(_, rest)| rest);
-        if o != "null" && !is_local_host(hostport) {
+        let same_origin = req
+            .header("host")
+            .is_some_and(|h| h.eq_ignore_ascii_case(hostport));
+        let ok = o == "null"
+            || cors.is_some_and(|c| c.allows(o))
+            || (loopback && is_local_host(hostport))
+            || same_origin;
+        if !ok {
             return Err("Origin is not allowed");
         }
     }

@@ -2,7 +2,7 @@
 //! that let answers and notifications find their way back.
 
 use super::route::Naming;
-use crate::config::McpBackend;
+use crate::config::{BackendTls, McpBackend};
 use crate::upstream::http::HttpTarget;
 use crate::upstream::stdio::StdioChild;
 use mio::Token;
@@ -95,6 +95,11 @@ pub struct Session {
     pub backlog: VecDeque<Value>,
     pub next_id: u64,
     pub last_active: Instant,
+    /// The route's backendTLS policy, for the session's HTTP targets.
+    pub tls: Option<Rc<BackendTls>>,
+    /// Legacy HTTP+SSE session: every message to the client goes on `get_stream`, and the
+    /// session ends with it.
+    pub legacy: bool,
 }
 
 impl Session {
@@ -119,6 +124,8 @@ impl Session {
             backlog: VecDeque::new(),
             next_id: 1,
             last_active: Instant::now(),
+            tls: None,
+            legacy: false,
         }
     }
 
