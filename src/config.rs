@@ -30,6 +30,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(30 * 60);
 /// An upstream must answer `initialize` within this time.
 pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// On SIGTERM, requests in flight get this long before the gateway stops.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_millis(800);
 /// Maximum simultaneous client connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Maximum simultaneous MCP sessions.
@@ -62,6 +64,11 @@ pub struct Limits {
     pub dns_rebinding_protection: bool,
     /// Host names (besides loopback names) that requests may carry in `Host`.
     pub allowed_hosts: Vec<String>,
+    /// On SIGTERM/SIGINT, requests in flight get this long to finish.
+    pub drain_timeout: Duration,
+    /// A target that failed to start is not tried again for later sessions until a backoff
+    /// (doubling from 1 s up to this) has passed; zero turns backoff off.
+    pub target_backoff: Duration,
 }
 
 impl Default for Limits {
@@ -80,6 +87,8 @@ impl Default for Limits {
             max_inflight: DEFAULT_MAX_INFLIGHT,
             dns_rebinding_protection: true,
             allowed_hosts: Vec::new(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            target_backoff: Duration::ZERO,
         }
     }
 }
@@ -350,6 +359,8 @@ pub struct StdioTarget {
     pub cmd: String,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Start from an empty environment instead of the gateway's own (then add `env`).
+    pub clear_env: bool,
 }
 
 /// One problem found in a configuration, with the path of the field at fault.
@@ -656,11 +667,13 @@ impl Checker {
                 }
             }
         }
-        let times: [(&'static str, &mut Duration); 4] = [
+        let times: [(&'static str, &mut Duration); 6] = [
             ("headerTimeout", &mut l.header_timeout),
             ("requestTimeout", &mut l.request_timeout),
             ("initTimeout", &mut l.init_timeout),
             ("sessionTtl", &mut l.session_ttl),
+            ("drainTimeout", &mut l.drain_timeout),
+            ("targetBackoff", &mut l.target_backoff),
         ];
         for (key, slot) in times {
             if let Some(d) = self.duration(&mut o, key) {
@@ -1199,8 +1212,15 @@ impl Checker {
                 _ => self.err(&epath, "expected a mapping"),
             }
         }
+        let mut clear_env = false;
+        for key in ["clearEnv", "clear_env"] {
+            if o.map.contains_key(key) {
+                clear_env |= self.boolean(&mut o, key);
+            }
+        }
         self.finish(o);
         Some(StdioTarget {
+            clear_env,
             cmd: cmd?,
             args,
             env,

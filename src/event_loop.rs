@@ -44,13 +44,15 @@ const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
 /// A child whose stdin was closed gets this long to exit before it is killed.
 const CHILD_GRACE: Duration = Duration::from_secs(2);
 /// On shutdown, children get this long to exit on stdin EOF before they are killed.
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(1200);
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(600);
 /// An ended session's HTTP target gets this long to DELETE its upstream session.
 const RETIRE_GRACE: Duration = Duration::from_secs(5);
 /// A client that lets this much of its responses and stream pile up unread is disconnected.
 const MAX_UNWRITTEN: usize = 32 * 1024 * 1024;
 
 const SIGNAL_TOKEN: Token = Token(0);
+/// While draining, the loop wakes at least this often to see whether it is done.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// Who owns a token.
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +127,27 @@ pub struct Gateway {
     next_retired: u64,
     /// Verified TLS settings for https:// upstreams without a backendTLS policy (built once).
     default_tls: Option<Arc<rustls::ClientConfig>>,
+    accepting: bool,
+    /// Set by SIGTERM/SIGINT: when the drain ends at the latest.
+    draining: Option<Instant>,
+    config_path: Option<String>,
+    /// With `--watch`: the file's last modification time, checked by the sweep.
+    watch: bool,
+    config_mtime: Option<std::time::SystemTime>,
+    reloads: u64,
+    health: HashMap<(String, String), Health>,
+    started: Instant,
+}
+
+/// What the gateway knows of one target's health, across sessions.
+struct Health {
+    kind: &'static str,
+    ok: Option<bool>,
+    failures: u32,
+    last_error: Option<String>,
+    since: Instant,
+    /// With targetBackoff: no new start before this.
+    retry_at: Option<Instant>,
 }
 
 /// Where a server-to-client message should go.
@@ -186,6 +209,14 @@ impl Gateway {
             retired: HashMap::new(),
             next_retired: 1,
             default_tls: None,
+            accepting: true,
+            draining: None,
+            config_path: None,
+            watch: false,
+            config_mtime: None,
+            reloads: 0,
+            health: HashMap::new(),
+            started: Instant::now(),
         })
     }
 
@@ -195,6 +226,97 @@ impl Gateway {
         self.next_token += 1;
         self.owners.insert(t, owner);
         t
+    }
+
+    /// Notes a target's start, initialization or death for `/healthz` and the log.
+    fn record_health(&mut self, backend: &str, target: &Target, outcome: Result<(), &str>) {
+        let now = Instant::now();
+        let kind = match target.kind {
+            TargetKind::Stdio(_) => "stdio",
+            TargetKind::Mcp(_) => "mcp",
+            TargetKind::Sse(_) => "sse",
+        };
+        let h = self
+            .health
+            .entry((backend.to_string(), target.name.clone()))
+            .or_insert(Health {
+                kind,
+                ok: None,
+                failures: 0,
+                last_error: None,
+                since: now,
+                retry_at: None,
+            });
+        match outcome {
+            Ok(()) => {
+                if h.ok == Some(false) {
+                    log!(
+                        "target {} (backend {backend}) is healthy again",
+                        target.name
+                    );
+                }
+                if h.ok != Some(true) {
+                    h.since = now;
+                }
+                h.ok = Some(true);
+                h.failures = 0;
+                h.retry_at = None;
+            }
+            Err(why) => {
+                if h.ok != Some(false) {
+                    log!(
+                        "target {} (backend {backend}) is unhealthy: {why}",
+                        target.name
+                    );
+                    h.since = now;
+                }
+                h.ok = Some(false);
+                h.failures = h.failures.saturating_add(1);
+                h.last_error = Some(why.to_string());
+                let max = self.cfg.limits.target_backoff;
+                if !max.is_zero() {
+                    let step = Duration::from_secs(1u64 << h.failures.min(16).saturating_sub(1));
+                    h.retry_at = Some(now + step.min(max));
+                }
+            }
+        }
+    }
+
+    /// `GET /healthz`: targets and their state, as JSON.
+    fn healthz(&self) -> Value {
+        let mut targets: Vec<Value> = self
+            .health
+            .iter()
+            .map(|((backend, name), h)| {
+                json!({
+                    "backend": backend,
+                    "target": name,
+                    "kind": h.kind,
+                    "state": match h.ok { Some(true) => "ok", Some(false) => "failing", None => "unknown" },
+                    "failures": h.failures,
+                    "lastError": h.last_error,
+                    "sinceSeconds": h.since.elapsed().as_secs(),
+                })
+            })
+            .collect();
+        targets.sort_by_key(|t| t.to_string());
+        let failing = self.health.values().any(|h| h.ok == Some(false));
+        json!({
+            "status": if self.draining.is_some() { "draining" } else if failing { "degraded" } else { "ok" },
+            "uptimeSeconds": self.started.elapsed().as_secs(),
+            "sessions": self.sessions.len(),
+            "connections": self.conns.len(),
+            "configReloads": self.reloads,
+            "targets": targets,
+        })
+    }
+
+    /// Remembers the configuration file for SIGHUP reloads; with `watch`, also reloads when
+    /// the file changes (checked once a second).
+    pub fn set_config_file(&mut self, path: &str, watch: bool) {
+        self.config_path = Some(path.to_string());
+        self.watch = watch;
+        self.config_mtime = file_mtime(path);
     }
 
     /// Runs until SIGINT/SIGTERM, then shuts down cleanly.
@@ -219,7 +341,10 @@ impl Gateway {
         let mut events = Events::with_capacity(1024);
         let mut ready = Vec::with_capacity(1024);
         loop {
-            let timeout = self.timers.next_timeout(Instant::now());
+            let mut timeout = self.timers.next_timeout(Instant::now());
+            if self.draining.is_some() {
+                timeout = Some(timeout.map_or(DRAIN_POLL, |t| t.min(DRAIN_POLL)));
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -245,11 +370,10 @@ impl Gateway {
                             self.reap();
                         }
                         if p.reload {
-                            log!("SIGHUP: configuration reload is not supported yet; ignored");
+                            self.reload("SIGHUP");
                         }
                         if p.shutdown {
-                            self.shutdown();
-                            return Ok(());
+                            self.start_drain();
                         }
                     }
                     Owner::Listener(i) => self.accept(i),
@@ -272,7 +396,124 @@ impl Gateway {
                 }
                 self.run_wakes();
             }
+            if let Some(deadline) = self.draining {
+                let busy = self
+                    .conns
+                    .values()
+                    .any(|c| matches!(c.state, ConnState::Exchange(_)));
+                if !busy || now >= deadline {
+                    self.shutdown();
+                    return Ok(());
+                }
+            }
         }
+    }
+
+    /// SIGTERM/SIGINT: stop accepting, end streams and idle connections, and let requests in
+    /// flight finish for up to `drainTimeout`; the loop then shuts down.
+    fn start_drain(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
+        let in_flight = self
+            .conns
+            .values()
+            .filter(|c| matches!(c.state, ConnState::Exchange(_)))
+            .count();
+        log!(
+            "draining: {in_flight} request(s) in flight, up to {:?}",
+            self.cfg.limits.drain_timeout
+        );
+        self.draining = Some(Instant::now() + self.cfg.limits.drain_timeout);
+        self.pause_accepting();
+        let ids: Vec<usize> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                match c.state {
+                    ConnState::Stream { .. } => {
+                        c.end_stream();
+                        c.closing = true;
+                    }
+                    ConnState::Idle if c.rbuf.is_empty() => c.closing = true,
+                    _ => {}
+                }
+            }
+            self.wake.push(id);
+        }
+        self.run_wakes();
+    }
+
+    /// Re-reads the configuration file. New sessions use the new configuration; existing
+    /// ones keep theirs. An invalid file, or one that changes the binds, is refused.
+    fn reload(&mut self, why: &str) {
+        let Some(path) = self.config_path.clone() else {
+            log!("{why}: no configuration file to reload");
+            return;
+        };
+        self.config_mtime = file_mtime(&path);
+        let new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(errors) => {
+                log!("{why}: {path} not reloaded; the old configuration stays:");
+                for e in &errors.0 {
+                    log!("  {path}: {e}");
+                }
+                return;
+            }
+        };
+        let addrs = |c: &Config| c.binds.iter().map(|b| b.addr).collect::<Vec<_>>();
+        if addrs(&new) != addrs(&self.cfg) {
+            log!("{why}: {path} not reloaded: its binds differ; restart mcplex to change ports or addresses");
+            return;
+        }
+        let l = &new.limits;
+        self.http_limits = HttpLimits {
+            max_head: l.max_header_bytes,
+            max_headers: l.max_headers,
+            max_body: l.max_body_bytes,
+        };
+        self.read_limit = l.max_header_bytes + l.max_body_bytes + 64 * 1024;
+        self.cfg = new;
+        self.reloads += 1;
+        log!("{why}: configuration reloaded from {path}; new sessions use it");
+    }
+
+    /// Stops accepting connections (at the connection limit, or when draining).
+    fn pause_accepting(&mut self) {
+        if !self.accepting {
+            return;
+        }
+        self.accepting = false;
+        for l in self.listeners.iter_mut().flatten() {
+            let _ = self.poll.registry().deregister(l);
+        }
+    }
+
+    /// Accepts again once connections fell to 90% of the limit (hysteresis, so a full
+    /// gateway does not flap).
+    fn maybe_resume_accepting(&mut self) {
+        let low = self.cfg.limits.max_connections * 9 / 10;
+        if self.accepting || self.draining.is_some() || self.conns.len() > low {
+            return;
+        }
+        self.accepting = true;
+        let tokens: Vec<(Token, usize)> = self
+            .owners
+            .iter()
+            .filter_map(|(t, o)| match o {
+                Owner::Listener(i) => Some((*t, *i)),
+                _ => None,
+            })
+            .collect();
+        for (token, i) in tokens {
+            if let Some(Some(l)) = self.listeners.get_mut(i) {
+                // Registering a listener with connections already waiting reports it ready.
+                if let Err(e) = self.poll.registry().register(l, token, Interest::READABLE) {
+                    log!("cannot resume accepting on bind {i}: {e}");
+                }
+            }
+        }
+        log!("accepting connections again ({} open)", self.conns.len());
     }
 
     fn run_wakes(&mut self) {
@@ -285,6 +526,18 @@ impl Gateway {
 
     fn accept(&mut self, i: usize) {
         loop {
+            if self.conns.len() >= self.cfg.limits.max_connections {
+                // Leave further connections in the kernel's backlog until some close.
+                log!(
+                    "connection limit ({}) reached; pausing accept",
+                    self.cfg.limits.max_connections
+                );
+                self.pause_accepting();
+                return;
+            }
+            if !self.accepting {
+                return;
+            }
             let Some(Some(l)) = self.listeners.get(i) else {
                 return;
             };
@@ -392,6 +645,9 @@ impl Gateway {
             }
             c.closing = true;
         }
+        if self.draining.is_some() && matches!(c.state, ConnState::Idle) {
+            c.closing = true;
+        }
         if c.closing && c.is_drained() && !matches!(c.state, ConnState::Exchange(_)) {
             self.close_conn(id);
         }
@@ -401,6 +657,7 @@ impl Gateway {
         let Some(mut c) = self.conns.remove(&id) else {
             return;
         };
+        self.maybe_resume_accepting();
         let _ = self.poll.registry().deregister(&mut c.sock);
         self.owners.remove(&Token(id));
         match c.state {
@@ -441,6 +698,16 @@ impl Gateway {
             return;
         };
         c.extra.clear();
+        if req.path == "/healthz" && req.method == "GET" {
+            let body = self.healthz();
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.respond_json(200, &[("Cache-Control", "no-store")], &body, keep_alive);
+            }
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         let bind = &self.cfg.binds[c.bind];
         let host = req.header("host").map(strip_port).unwrap_or("");
         let header = |n: &str| req.header(n);
@@ -964,6 +1231,23 @@ impl Gateway {
             init_result: None,
         };
         let mut events = Vec::new();
+        let backend = self
+            .sessions
+            .get(&sk)
+            .map(|s| s.backend.name.clone())
+            .unwrap_or_default();
+        let key = (backend.clone(), target.name.clone());
+        if let Some(h) = self.health.get(&key) {
+            if let Some(at) = h.retry_at.filter(|at| *at > Instant::now()) {
+                slot.state = TargetState::Failed(format!(
+                    "not started: backing off for {:.1}s after {} failure(s); last: {}",
+                    at.saturating_duration_since(Instant::now()).as_secs_f32(),
+                    h.failures,
+                    h.last_error.as_deref().unwrap_or("unknown")
+                ));
+                return (slot, events);
+            }
+        }
         match &target.kind {
             TargetKind::Stdio(cfg) => match StdioChild::spawn(cfg) {
                 Ok(mut child) => {
@@ -980,6 +1264,7 @@ impl Gateway {
                 Err(e) => {
                     let why = format!("cannot start command {:?}: {e}", cfg.cmd);
                     log!("[{}] target {}: {why}", short_id(sid), target.name);
+                    self.record_health(&backend, target, Err(&why));
                     slot.state = TargetState::Failed(why);
                 }
             },
@@ -1265,6 +1550,8 @@ impl Gateway {
                 }
             }
         }
+        let was_ready = s.phase == Phase::Ready && slot_taken.state != TargetState::Starting;
+        let backend = Rc::clone(&s.backend);
         let all_failed = s.phase == Phase::Ready
             && s.targets
                 .iter()
@@ -1273,6 +1560,11 @@ impl Gateway {
             log!("[{}] session failed: no target left", short_id(&s.id));
         }
         self.retire_child(&mut slot_taken);
+        if was_ready {
+            if let Some(target) = backend.targets.get(t) {
+                self.record_health(&backend.name, target, Err(why));
+            }
+        }
         let err = json!({"code": jsonrpc::UPSTREAM_ERROR, "message": format!("target {name} failed: {why}")});
         for (cid, part, uid) in hits {
             if let Some(s) = self.sessions.get_mut(&sk) {
@@ -1708,6 +2000,7 @@ impl Gateway {
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
         };
+        let mut outcomes = Vec::new();
         for (t, _, r) in &call.parts {
             let Some(slot) = s.targets.get_mut(*t) else {
                 continue;
@@ -1716,6 +2009,7 @@ impl Gateway {
                 Some(Ok(v)) => {
                     slot.state = TargetState::Ready;
                     slot.init_result = Some(v.clone());
+                    outcomes.push((*t, None));
                 }
                 Some(Err(e)) => {
                     let msg = e
@@ -1723,10 +2017,24 @@ impl Gateway {
                         .and_then(Value::as_str)
                         .unwrap_or("initialize failed");
                     slot.state = TargetState::Failed(msg.to_string());
+                    outcomes.push((*t, Some(msg.to_string())));
                 }
                 None => {}
             }
         }
+        let backend = Rc::clone(&s.backend);
+        for (t, failure) in outcomes {
+            if let Some(target) = backend.targets.get(t) {
+                self.record_health(
+                    &backend.name,
+                    target,
+                    failure.as_deref().map_or(Ok(()), Err),
+                );
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
         let failed: Vec<String> = s
             .targets
             .iter()
@@ -2162,6 +2470,13 @@ impl Gateway {
             self.reap();
         }
         self.tick_http(now);
+        if self.watch {
+            if let Some(path) = &self.config_path {
+                if file_mtime(path) != self.config_mtime {
+                    self.reload("config file changed");
+                }
+            }
+        }
     }
 
     /// Deadlines of HTTP targets: connects, responses, idle connections, stream retries.
@@ -2252,6 +2567,10 @@ impl Gateway {
         }
         log!("stopped");
     }
+}
+
+fn file_mtime(path: &str) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// The route for a request on a bind: first match in config order.

@@ -10,12 +10,18 @@ mcplex - one MCP endpoint in front of many MCP servers
 Usage:
   mcplex -f FILE            serve the configuration in FILE
   mcplex -f FILE --validate check FILE, print every error, and exit
+  mcplex -f FILE --watch    serve, and reload FILE whenever it changes (as on SIGHUP)
   mcplex --version          print the version
   mcplex --help             print this help
 
 Options:
   -f, --file FILE   configuration file (YAML)
       --validate    only check the configuration
+      --watch       reload the configuration when the file changes
+
+Signals:
+  SIGTERM, SIGINT  drain (requests in flight may finish, up to drainTimeout), stop children, exit 0
+  SIGHUP           reload the configuration file; new sessions use it, an invalid one is refused
 
 Exit codes:
   0  clean exit (including SIGINT/SIGTERM), or a valid configuration with --validate
@@ -27,6 +33,7 @@ Exit codes:
 fn main() -> ExitCode {
     let mut file = None;
     let mut validate = false;
+    let mut watch = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -35,6 +42,7 @@ fn main() -> ExitCode {
                 None => return usage_error("-f needs a file name"),
             },
             "--validate" => validate = true,
+            "--watch" => watch = true,
             "-V" | "--version" => {
                 println!("mcplex {}", env!("CARGO_PKG_VERSION"));
                 return ExitCode::SUCCESS;
@@ -75,6 +83,7 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
+    gw.set_config_file(&file, watch);
     match gw.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

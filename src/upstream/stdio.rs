@@ -41,7 +41,11 @@ impl StdioChild {
     /// Starts the child (`cmd` looked up in PATH) with `env` added to the inherited environment.
     /// fork/exec is a short blocking call; it happens once per session and target.
     pub fn spawn(t: &StdioTarget) -> io::Result<StdioChild> {
-        let mut child = Command::new(&t.cmd)
+        let mut cmd = Command::new(&t.cmd);
+        if t.clear_env {
+            cmd.env_clear();
+        }
+        let mut child = cmd
             .args(&t.args)
             .envs(&t.env)
             .stdin(Stdio::piped())
