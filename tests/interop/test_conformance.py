@@ -1,12 +1,14 @@
 """The official MCP conformance suite (@modelcontextprotocol/conformance), server side.
 
-Runs every active server scenario (a) directly against `mcplex-demo --http` and (b) through
-the gateway with the demo as its single stdio target (unprefixed, so the fixed fixture names
-the scenarios call reach the demo unchanged).  A scenario passes when its checks.json holds
-at least one SUCCESS and nothing but SUCCESS and INFO (INFO entries are the suite's event
-log, not verdicts; FAILURE and WARNING both count against it), and no "SUCCESS" check
-whose tool call actually failed with "... not found" (the suite accepts those).  The test asserts that the
-gateway loses nothing: every scenario that passes directly also passes through it.
+Runs every active server scenario (a) directly against `mcplex-demo --http`, (b) through
+the gateway with the demo as its single stdio target and (c) through the gateway with
+`mcplex-demo --http` as its single `mcp` (streamable HTTP) target (one target: unprefixed, so
+the fixed fixture names the scenarios call reach the demo unchanged).  A scenario passes when
+its checks.json holds at least one SUCCESS and nothing but SUCCESS and INFO (INFO entries are
+the suite's event log, not verdicts; FAILURE and WARNING both count against it), and no
+"SUCCESS" check whose tool call actually failed with "... not found" (the suite accepts
+those).  The tests assert that the gateway loses nothing: every scenario that passes directly
+also passes through it, over either kind of upstream.
 
 Per-scenario results go to target/conformance-summary.txt (and stdout).
 """
@@ -18,7 +20,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from conftest import CONFORMANCE_JS, NODE22, REPO_ROOT, demo_target, single_target_config
+from conftest import CONFORMANCE_JS, NODE22, REPO_ROOT, demo_target, mcp_target, single_target_config
 
 SUITE_TIMEOUT_S = 300
 # Active server scenarios in conformance 0.1.16 (`--suite all` adds 2 pending ones).
@@ -95,24 +97,58 @@ def _cell(r: ScenarioResult | None) -> str:
     return "pass" if r.passed else "FAIL"
 
 
-def write_summary(direct: dict[str, ScenarioResult], via: dict[str, ScenarioResult]) -> str:
-    names = sorted(set(direct) | set(via))
+# Every run so far in this pytest session, by label, in run order: "direct" first, then one per
+# gateway configuration.  The summary file shows them all side by side.
+_RUNS: dict[str, dict[str, ScenarioResult]] = {}
+DIRECT = "direct"
+VIA_STDIO = "gateway/stdio"
+VIA_MCP = "gateway/mcp"
+_LABEL_TEXT = {
+    DIRECT: "mcplex-demo --http directly",
+    VIA_STDIO: "mcplex, mcplex-demo as its one stdio target",
+    VIA_MCP: "mcplex, mcplex-demo --http as its one mcp (streamable HTTP) target",
+}
+
+
+def regressions(direct: dict[str, ScenarioResult], via: dict[str, ScenarioResult]) -> list[str]:
+    """Scenarios that pass directly but not through the gateway."""
+    return sorted(n for n, r in direct.items() if r.passed and not (n in via and via[n].passed))
+
+
+def write_summary(runs: dict[str, dict[str, ScenarioResult]]) -> str:
+    direct = runs.get(DIRECT, {})
+    labels = list(runs)
+    names = sorted(set().union(*[set(r) for r in runs.values()]))
     w = max([len(n) for n in names] + [8])
-    lines = [f"{'scenario':<{w}}  direct   gateway", f"{'-' * w}  -------  -------"]
+    cw = {lb: max(len(lb), 7) for lb in labels}
+    lines = [
+        f"{'scenario':<{w}}  " + "  ".join(f"{lb:<{cw[lb]}}" for lb in labels),
+        f"{'-' * w}  " + "  ".join("-" * cw[lb] for lb in labels),
+    ]
     for n in names:
-        d, g = direct.get(n), via.get(n)
-        mark = "  <-- regression" if d is not None and d.passed and not (g is not None and g.passed) else ""
-        lines.append(f"{n:<{w}}  {_cell(d):<7}  {_cell(g):<7}{mark}")
-    regressions = [n for n in names if direct.get(n) and direct[n].passed and not (via.get(n) and via[n].passed)]
+        cells = "  ".join(f"{_cell(runs[lb].get(n)):<{cw[lb]}}" for lb in labels)
+        d = direct.get(n)
+        lost = [
+            lb
+            for lb in labels
+            if lb != DIRECT and d is not None and d.passed and not (n in runs[lb] and runs[lb][n].passed)
+        ]
+        mark = f"  <-- regression ({', '.join(lost)})" if lost else ""
+        lines.append(f"{n:<{w}}  {cells}{mark}".rstrip())
     lines.append("")
-    lines.append(f"direct:  {sum(r.passed for r in direct.values())}/{len(direct)} scenarios passed")
-    lines.append(f"gateway: {sum(r.passed for r in via.values())}/{len(via)} scenarios passed")
-    lines.append(f"regressions (pass direct, fail through gateway): {len(regressions)}")
-    for label, res in (("direct", direct), ("gateway", via)):
+    for lb in labels:
+        res = runs[lb]
+        passed = sum(r.passed for r in res.values())
+        lines.append(f"{lb + ':':<15} {passed}/{len(res)} scenarios passed ({_LABEL_TEXT.get(lb, lb)})")
+    for lb in labels:
+        if lb != DIRECT:
+            lines.append(f"regressions (pass direct, fail through {lb}): {len(regressions(direct, runs[lb]))}")
+    for lb in labels:
+        res = runs[lb]
         failing = [n for n in names if n in res and not res[n].passed]
         if failing:
             lines.append("")
-            lines.append(f"failed checks, {label}:")
+            lines.append(f"failed checks, {lb}:")
             for n in failing:
                 for pr in res[n].problems() or ["(no checks recorded)"]:
                     lines.append(f"  {n}: {pr}")
@@ -122,22 +158,44 @@ def write_summary(direct: dict[str, ScenarioResult], via: dict[str, ScenarioResu
     return text
 
 
-def test_conformance_direct_vs_gateway(demo_http, gateway, tmp_path):
-    demo = demo_http()
-    direct, direct_log = run_suite(demo.mcp, tmp_path / "direct")
-    gw = gateway(single_target_config(demo_target()))
-    via, _ = run_suite(gw.mcp, tmp_path / "gateway")
-
-    summary = write_summary(direct, via)
-    print(f"\n=== conformance summary ({SUMMARY_PATH}) ===\n{summary}")
-
-    assert len(direct) >= MIN_SCENARIOS, (
-        f"direct run produced only {len(direct)} scenario results (expected >= {MIN_SCENARIOS})\n{direct_log[-4000:]}"
-    )
+def _direct_results(demo_http, tmp_path: Path) -> dict[str, ScenarioResult]:
+    """The suite run directly against `mcplex-demo --http` (once per pytest session)."""
+    if DIRECT not in _RUNS:
+        demo = demo_http()
+        direct, direct_log = run_suite(demo.mcp, tmp_path / "direct")
+        assert len(direct) >= MIN_SCENARIOS, (
+            f"direct run produced only {len(direct)} scenario results (expected >= {MIN_SCENARIOS})\n"
+            f"{direct_log[-4000:]}"
+        )
+        _RUNS[DIRECT] = direct
+    direct = _RUNS[DIRECT]
     core_failing = [s for s in CORE_SCENARIOS if not (s in direct and direct[s].passed)]
-    assert not core_failing, f"mcplex-demo fails core scenarios directly: {core_failing}\n{summary}"
-    regressions = [s for s, r in direct.items() if r.passed and not (s in via and via[s].passed)]
-    assert not regressions, (
-        f"scenarios that pass directly but fail through the gateway: {regressions}\n"
-        f"(suite output: {tmp_path / 'gateway' / 'run.log'})\n{summary}"
+    assert not core_failing, f"mcplex-demo fails core scenarios directly: {core_failing}\n{write_summary(_RUNS)}"
+    return direct
+
+
+def _compare(label: str, url: str, direct: dict[str, ScenarioResult], tmp_path: Path) -> None:
+    via, _ = run_suite(url, tmp_path / label.replace("/", "-"))
+    _RUNS[label] = via
+    summary = write_summary(_RUNS)
+    print(f"\n=== conformance summary ({SUMMARY_PATH}) ===\n{summary}")
+    lost = regressions(direct, via)
+    assert not lost, (
+        f"scenarios that pass directly but fail through the gateway ({_LABEL_TEXT[label]}): {lost}\n"
+        f"(suite output: {tmp_path / label.replace('/', '-') / 'run.log'})\n{summary}"
     )
+
+
+def test_conformance_direct_vs_gateway(demo_http, gateway, tmp_path):
+    direct = _direct_results(demo_http, tmp_path)
+    gw = gateway(single_target_config(demo_target()))
+    _compare(VIA_STDIO, gw.mcp, direct, tmp_path)
+
+
+def test_conformance_direct_vs_gateway_with_an_http_target(demo_http, gateway, tmp_path):
+    """The same suite through the gateway whose one target is `mcplex-demo --http` (an `mcp:`
+    target): nothing that passes directly may be lost over the HTTP upstream either."""
+    direct = _direct_results(demo_http, tmp_path)
+    upstream = demo_http()
+    gw = gateway(single_target_config(mcp_target("demo", upstream.mcp)))
+    _compare(VIA_MCP, gw.mcp, direct, tmp_path)
