@@ -69,6 +69,13 @@ pub struct Limits {
     /// A target that failed to start is not tried again for later sessions until a backoff
     /// (doubling from 1 s up to this) has passed; zero turns backoff off.
     pub target_backoff: Duration,
+    /// Prefix of every session id (`<instance>.<random>`), so a load balancer can route a
+    /// session to the process that owns it. From `instanceId` or `MCPLEX_INSTANCE_ID`.
+    pub instance_id: Option<String>,
+    /// Where `/metrics` and `/healthz` are served on their own (`statsAddr`).
+    pub stats_addr: Option<SocketAddr>,
+    pub access_log: crate::log::AccessLog,
+    pub log_level: u8,
 }
 
 impl Default for Limits {
@@ -89,6 +96,10 @@ impl Default for Limits {
             allowed_hosts: Vec::new(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             target_backoff: Duration::ZERO,
+            instance_id: None,
+            stats_addr: None,
+            access_log: crate::log::AccessLog::Off,
+            log_level: crate::log::INFO,
         }
     }
 }
@@ -417,7 +428,15 @@ impl Config {
             }])
         })?;
         let mut cx = Checker::default();
-        let cfg = cx.root(&root);
+        let mut cfg = cx.root(&root);
+        if let (Some(c), Ok(id)) = (cfg.as_mut(), std::env::var("MCPLEX_INSTANCE_ID")) {
+            // The environment wins, so one config file can serve every instance.
+            if valid_instance_id(&id) {
+                c.limits.instance_id = Some(id);
+            } else {
+                cx.err("MCPLEX_INSTANCE_ID", INSTANCE_ID_RULE);
+            }
+        }
         if cx.errors.is_empty() {
             if let Some(cfg) = cfg {
                 return Ok(cfg);
@@ -684,6 +703,41 @@ impl Checker {
             l.dns_rebinding_protection = self.boolean(&mut o, "dnsRebindingProtection");
         }
         l.allowed_hosts = self.strings(&mut o, "allowedHosts");
+        if let Some(id) = self.string(&mut o, "instanceId") {
+            if valid_instance_id(&id) {
+                l.instance_id = Some(id);
+            } else {
+                self.err(&join(path, "instanceId"), INSTANCE_ID_RULE);
+            }
+        }
+        if let Some(a) = self.string(&mut o, "statsAddr") {
+            match a.parse::<SocketAddr>() {
+                Ok(addr) => l.stats_addr = Some(addr),
+                Err(_) => self.err(
+                    &join(path, "statsAddr"),
+                    "expected ip:port, e.g. 127.0.0.1:9091",
+                ),
+            }
+        }
+        match self.string(&mut o, "accessLog").as_deref() {
+            None | Some("off") | Some("false") => {}
+            Some("text") | Some("true") => l.access_log = crate::log::AccessLog::Text,
+            Some("json") => l.access_log = crate::log::AccessLog::Json,
+            Some(other) => self.err(
+                &join(path, "accessLog"),
+                format!("{other:?}: expected off, text or json"),
+            ),
+        }
+        match self.string(&mut o, "logLevel").as_deref() {
+            None | Some("info") => {}
+            Some("error") => l.log_level = crate::log::ERROR,
+            Some("warn") => l.log_level = crate::log::WARN,
+            Some("debug") => l.log_level = crate::log::DEBUG,
+            Some(other) => self.err(
+                &join(path, "logLevel"),
+                format!("{other:?}: expected error, warn, info or debug"),
+            ),
+        }
         self.finish(o);
     }
 
@@ -1260,6 +1314,16 @@ impl Checker {
             }],
         })
     }
+}
+
+const INSTANCE_ID_RULE: &str = "must be 1 to 32 characters of A-Z a-z 0-9 - _ (URL-safe, no dots)";
+
+/// An instance id fits in a header, a query string and a URL path unescaped.
+pub fn valid_instance_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Parses `250ms`, `30s`, `10m`, `1h` or a bare number of seconds.

@@ -7,6 +7,17 @@ use serde_json::Value;
 use std::io::{ErrorKind, Read, Write};
 use std::time::Instant;
 
+/// What the access log says of the request being answered (kept only when it is on).
+#[derive(Debug)]
+pub struct AccessEntry {
+    pub method: String,
+    pub path: String,
+    pub start: Instant,
+    pub session: String,
+    pub mcp_method: String,
+    pub target: String,
+}
+
 /// One POST in flight: the client requests it carried that still wait for an answer.
 #[derive(Debug)]
 pub struct Exchange {
@@ -61,6 +72,8 @@ pub struct Conn {
     pub request_started: Option<Instant>,
     /// The response being streamed uses chunked framing (HTTP/1.1 peer).
     pub chunked: bool,
+    /// The access-log entry of the request being answered.
+    pub access: Option<AccessEntry>,
     /// Headers every response to the current request carries (CORS), added by `respond` and
     /// `start_sse`.
     pub extra: Vec<(&'static str, String)>,
@@ -87,6 +100,7 @@ impl Conn {
             request_started: None,
             chunked: true,
             continued: false,
+            access: None,
             extra: Vec::new(),
             last_active: Instant::now(),
             last_write: Instant::now(),
@@ -108,6 +122,7 @@ impl Conn {
                     return ReadResult::Closed;
                 }
                 Ok(n) => {
+                    crate::metrics::with(|m| m.bytes_in += n as u64);
                     if self.rbuf.is_empty() && self.request_started.is_none() {
                         self.request_started = Some(Instant::now());
                     }
@@ -131,7 +146,10 @@ impl Conn {
         while self.wpos < self.wbuf.len() {
             match self.sock.write(&self.wbuf[self.wpos..]) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.wpos += n,
+                Ok(n) => {
+                    self.wpos += n;
+                    crate::metrics::with(|m| m.bytes_out += n as u64);
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -174,6 +192,7 @@ impl Conn {
         let mut all = headers.to_vec();
         all.extend(self.extra.iter().map(|(n, v)| (*n, v.as_str())));
         response::write_full(&mut self.wbuf, status, &all, body, keep_alive);
+        self.responded(status);
         if !keep_alive {
             self.closing = true;
         }
@@ -212,9 +231,38 @@ impl Conn {
         headers.extend_from_slice(extra);
         headers.extend(self.extra.iter().map(|(n, v)| (*n, v.as_str())));
         response::write_stream_head(&mut self.wbuf, 200, &headers, chunked);
+        self.responded(200);
         self.chunked = chunked;
         if !chunked {
             self.closing = true;
+        }
+    }
+
+    /// Counts the response and writes its access-log line.
+    fn responded(&mut self, status: u16) {
+        crate::metrics::with(|m| m.http_response(status));
+        let Some(a) = self.access.take() else {
+            return;
+        };
+        let ms = a.start.elapsed().as_secs_f64() * 1000.0;
+        match crate::log::access_log() {
+            crate::log::AccessLog::Off => {}
+            crate::log::AccessLog::Text => eprintln!(
+                "mcplex: access {} {} {status} {ms:.2}ms session={} mcp={} target={}",
+                a.method,
+                a.path,
+                or_dash(&a.session),
+                or_dash(&a.mcp_method),
+                or_dash(&a.target)
+            ),
+            crate::log::AccessLog::Json => eprintln!(
+                "{}",
+                serde_json::json!({
+                    "access": true, "method": a.method, "path": a.path, "status": status,
+                    "durationMs": (ms * 100.0).round() / 100.0, "session": a.session,
+                    "mcpMethod": a.mcp_method, "target": a.target,
+                })
+            ),
         }
     }
 
@@ -255,5 +303,13 @@ impl Conn {
         } else {
             self.closing = true;
         }
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
     }
 }

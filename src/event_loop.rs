@@ -6,11 +6,10 @@ use crate::config::{
     BackendTls, Config, Cors, FailureMode, Limits, McpBackend, RequestView, Route, Target,
     TargetKind, Url,
 };
-use crate::downstream::{Conn, ConnState, Exchange, ReadResult};
+use crate::downstream::{AccessEntry, Conn, ConnState, Exchange, ReadResult};
 use crate::http::parse::{expects_continue, parse_request, Limits as HttpLimits, Request};
 use crate::http::Status;
 use crate::jsonrpc::{self, Kind};
-use crate::log;
 use crate::log::short_id;
 use crate::mcp;
 use crate::mcp::aggregate::{self, Part};
@@ -18,11 +17,13 @@ use crate::mcp::route::Dest;
 use crate::mcp::session::{
     new_session_id, Call, CallKind, Phase, Session, TargetSlot, TargetState,
 };
+use crate::metrics::{self, Gauges, Outcome, UpstreamError};
 use crate::signals::Signals;
 use crate::timer::Timers;
 use crate::tls::{self, TlsOptions};
 use crate::upstream::http::{Flavor, HttpTarget, Registrar, UpEvent};
 use crate::upstream::stdio::{ReadOutcome, StdioChild};
+use crate::{log, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use rustls::pki_types::ServerName;
@@ -180,6 +181,24 @@ impl Gateway {
             local_addrs.push(l.local_addr()?);
             listeners.push(Some(l));
         }
+        if let Some(addr) = cfg.limits.stats_addr {
+            // The admin listener: /metrics and /healthz only, index binds.len().
+            let mut l = TcpListener::bind(addr).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr} (statsAddr): {e}"),
+                )
+            })?;
+            let token = Token(next_token);
+            next_token += 1;
+            poll.registry()
+                .register(&mut l, token, Interest::READABLE)?;
+            owners.insert(token, Owner::Listener(cfg.binds.len()));
+            local_addrs.push(l.local_addr()?);
+            listeners.push(Some(l));
+        }
+        log::set_level(cfg.limits.log_level);
+        log::set_access_log(cfg.limits.access_log);
         let l = &cfg.limits;
         let http_limits = HttpLimits {
             max_head: l.max_header_bytes,
@@ -264,7 +283,7 @@ impl Gateway {
             }
             Err(why) => {
                 if h.ok != Some(false) {
-                    log!(
+                    warn!(
                         "target {} (backend {backend}) is unhealthy: {why}",
                         target.name
                     );
@@ -280,6 +299,28 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// `GET /metrics` on the stats listener: Prometheus text format.
+    fn render_metrics(&self) -> String {
+        let streams = self
+            .conns
+            .values()
+            .filter(|c| matches!(c.state, ConnState::Stream { .. }))
+            .count();
+        let (mut children, mut upstream) = (0, 0);
+        for slot in self.sessions.values().flat_map(|s| s.targets.iter()) {
+            children += usize::from(slot.child.is_some());
+            upstream += slot.http.as_ref().map_or(0, |h| h.tokens().len());
+        }
+        let gauges = Gauges {
+            sessions: self.sessions.len(),
+            connections: self.conns.len(),
+            streams,
+            children: children + self.dying.len(),
+            http_upstream_connections: upstream,
+        };
+        metrics::with(|m| m.render(&gauges))
     }
 
     /// `GET /healthz`: targets and their state, as JSON.
@@ -331,7 +372,7 @@ impl Gateway {
                     .as_ref()
                     .is_some_and(|t| t.options.insecure)
                 {
-                    log!(
+                    warn!(
                         "WARNING: backendTLS insecure: true on a route of bind {b} ({}): upstream certificates are NOT verified",
                         bind.addr
                     );
@@ -461,7 +502,11 @@ impl Gateway {
                 return;
             }
         };
-        let addrs = |c: &Config| c.binds.iter().map(|b| b.addr).collect::<Vec<_>>();
+        let addrs = |c: &Config| {
+            let mut a: Vec<_> = c.binds.iter().map(|b| b.addr).collect();
+            a.extend(c.limits.stats_addr);
+            a
+        };
         if addrs(&new) != addrs(&self.cfg) {
             log!("{why}: {path} not reloaded: its binds differ; restart mcplex to change ports or addresses");
             return;
@@ -473,8 +518,11 @@ impl Gateway {
             max_body: l.max_body_bytes,
         };
         self.read_limit = l.max_header_bytes + l.max_body_bytes + 64 * 1024;
+        log::set_level(new.limits.log_level);
+        log::set_access_log(new.limits.access_log);
         self.cfg = new;
         self.reloads += 1;
+        metrics::with(|m| m.reloads += 1);
         log!("{why}: configuration reloaded from {path}; new sessions use it");
     }
 
@@ -547,7 +595,7 @@ impl Gateway {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EMFILE and friends: log and try again on the next readiness event.
-                    log!("accept failed: {e}");
+                    warn!("accept failed: {e}");
                     return;
                 }
             }
@@ -573,6 +621,7 @@ impl Gateway {
             self.owners.remove(&token);
             return;
         }
+        metrics::with(|m| m.connections_accepted += 1);
         self.conns.insert(token.0, Conn::new(sock, bind));
     }
 
@@ -623,7 +672,7 @@ impl Gateway {
                     break;
                 }
                 Err(e) => {
-                    log!("bad request from client: {e}");
+                    warn!("bad request from client: {e}");
                     c.rbuf.clear();
                     c.respond_text(e.status(), &format!("{e}\n"), false);
                     break;
@@ -698,11 +747,49 @@ impl Gateway {
             return;
         };
         c.extra.clear();
-        if req.path == "/healthz" && req.method == "GET" {
-            let body = self.healthz();
+        if log::access_log() != log::AccessLog::Off {
+            c.access = Some(AccessEntry {
+                method: req.method.clone(),
+                path: req.path.clone(),
+                start: Instant::now(),
+                session: req
+                    .header("mcp-session-id")
+                    .or(req.query_param("sessionId"))
+                    .map(|s| short_id(s).to_string())
+                    .unwrap_or_default(),
+                mcp_method: String::new(),
+                target: String::new(),
+            });
+        }
+        let admin = c.bind >= self.cfg.binds.len();
+        if req.method == "GET" && (req.path == "/healthz" || (admin && req.path == "/metrics")) {
+            let (body, ctype) = if req.path == "/metrics" {
+                (
+                    self.render_metrics().into_bytes(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+            } else {
+                (
+                    serde_json::to_vec(&self.healthz()).unwrap_or_default(),
+                    "application/json",
+                )
+            };
             if let Some(c) = self.conns.get_mut(&id) {
-                c.respond_json(200, &[("Cache-Control", "no-store")], &body, keep_alive);
+                c.respond(
+                    200,
+                    &[("Content-Type", ctype), ("Cache-Control", "no-store")],
+                    &body,
+                    keep_alive,
+                );
             }
+            return;
+        }
+        if admin {
+            c.respond_text(
+                404,
+                "the stats listener serves /metrics and /healthz\n",
+                keep_alive,
+            );
             return;
         }
         let Some(c) = self.conns.get_mut(&id) else {
@@ -721,7 +808,7 @@ impl Gateway {
         let route = find_route(bind, host, &view);
         let cors = route.and_then(|r| r.cors.clone());
         if let Err(why) = check_origin(&req, bind.addr, &self.cfg.limits, cors.as_deref()) {
-            log!("refused {} {}: {why}", req.method, req.path);
+            warn!("refused {} {}: {why}", req.method, req.path);
             c.respond_text(403, &format!("{why}\n"), keep_alive);
             return;
         }
@@ -813,6 +900,7 @@ impl Gateway {
                 return;
             }
         };
+        note_mcp_method(c, &body);
         let init = body
             .messages
             .iter()
@@ -962,17 +1050,26 @@ impl Gateway {
         if self.sessions.len() >= self.cfg.limits.max_sessions {
             return Err((jsonrpc::UPSTREAM_ERROR, "too many sessions".into()));
         }
-        let sid = new_session_id().map_err(|e| {
+        let random = new_session_id().map_err(|e| {
             (
                 jsonrpc::INTERNAL_ERROR,
                 format!("cannot create a session id: {e}"),
             )
         })?;
+        let sid = match &self.cfg.limits.instance_id {
+            Some(instance) => format!("{instance}.{random}"),
+            None => random,
+        };
         let sk = self.next_session;
         self.next_session += 1;
         let mut s = Session::new(sid.clone(), backend, Value::Null);
         s.tls = tls;
         s.legacy = legacy;
+        s.metric_all = metrics::with(|m| {
+            m.sessions_started += 1;
+            m.target(&format!("{}/*", s.backend.name))
+        });
+        s.metric_gateway = metrics::with(|m| m.target("gateway"));
         log!(
             "[{}] session started ({} target(s){})",
             short_id(&sid),
@@ -1014,6 +1111,9 @@ impl Gateway {
         };
         let sid = self.sessions.get(&sk).map(|s| s.id.clone());
         if let Some(c) = self.conns.get_mut(&id) {
+            if let (Some(a), Some(sid)) = (c.access.as_mut(), &sid) {
+                a.session = short_id(sid).to_string();
+            }
             c.state = ConnState::Exchange(Exchange {
                 session: sk,
                 remaining: 1,
@@ -1143,6 +1243,7 @@ impl Gateway {
             Ok(b) => b,
             Err(e) => return c.respond_json(400, &[], &e, keep_alive),
         };
+        note_mcp_method(c, &body);
         c.respond(
             202,
             &[("Content-Type", "text/plain")],
@@ -1222,6 +1323,11 @@ impl Gateway {
         tls: Option<&BackendTls>,
         sid: &str,
     ) -> (TargetSlot, Vec<UpEvent>) {
+        let backend_name = self
+            .sessions
+            .get(&sk)
+            .map_or("", |s| s.backend.name.as_str());
+        let metric = metrics::with(|m| m.target(&format!("{backend_name}/{}", target.name)));
         let mut slot = TargetSlot {
             name: target.name.clone(),
             state: TargetState::Starting,
@@ -1229,6 +1335,7 @@ impl Gateway {
             http: None,
             tokens: [Token(usize::MAX); 3],
             init_result: None,
+            metric,
         };
         let mut events = Vec::new();
         let backend = self
@@ -1265,6 +1372,7 @@ impl Gateway {
                     let why = format!("cannot start command {:?}: {e}", cfg.cmd);
                     log!("[{}] target {}: {why}", short_id(sid), target.name);
                     self.record_health(&backend, target, Err(&why));
+                    metrics::with(|m| m.upstream_error(slot.metric, UpstreamError::Start));
                     slot.state = TargetState::Failed(why);
                 }
             },
@@ -1334,6 +1442,8 @@ impl Gateway {
                     let Some(s) = self.sessions.get_mut(&sk) else {
                         return;
                     };
+                    let label = s.targets.get(t).map_or(s.metric_all, |x| x.metric);
+                    metrics::with(|m| m.upstream_error(label, UpstreamError::Request));
                     let Some(cid) = s.upstream.remove(&uid) else {
                         continue;
                     };
@@ -1526,7 +1636,9 @@ impl Gateway {
             return;
         }
         let name = slot.name.clone();
-        log!("[{}] target {name} failed: {why}", short_id(&s.id));
+        warn!("[{}] target {name} failed: {why}", short_id(&s.id));
+        let label = slot.metric;
+        metrics::with(|m| m.upstream_error(label, UpstreamError::Target));
         if !matches!(slot.state, TargetState::Failed(_)) {
             slot.state = TargetState::Failed(why.to_string());
         }
@@ -1537,6 +1649,7 @@ impl Gateway {
                 state: TargetState::Failed(why.to_string()),
                 child: None,
                 http: None,
+                metric: slot.metric,
                 tokens: [Token(usize::MAX); 3],
                 init_result: None,
             },
@@ -1609,8 +1722,15 @@ impl Gateway {
         }
         let timeout = self.cfg.limits.request_timeout;
         match s.naming.route(&method, params.as_ref()) {
-            Ok(Dest::Local) => self.reply(Some(conn), jsonrpc::result(client_id, json!({}))),
+            Ok(Dest::Local) => {
+                let gateway = s.metric_gateway;
+                metrics::with(|m| m.request(&method, gateway, Outcome::Ok, Duration::ZERO));
+                self.reply(Some(conn), jsonrpc::result(client_id, json!({})))
+            }
             Ok(Dest::One(t, p)) => {
+                if let Some(a) = self.conns.get_mut(&conn).and_then(|c| c.access.as_mut()) {
+                    a.target = s.naming.targets.get(t).cloned().unwrap_or_default();
+                }
                 if let Some(TargetState::Failed(why)) = s.targets.get(t).map(|x| &x.state) {
                     let why = format!("target {} is unavailable: {why}", s.naming.targets[t]);
                     return self.reply(
@@ -1784,6 +1904,7 @@ impl Gateway {
                 progress,
                 deadline: Instant::now() + timeout,
                 exhaust,
+                started: Instant::now(),
             },
         );
         if remaining == 0 {
@@ -1874,12 +1995,14 @@ impl Gateway {
             .filter(|(_, (_, _, r))| r.is_none())
             .map(|(i, (t, _, _))| (i, *t))
             .collect();
-        log!("[{}] {} timed out", short_id(&s.id), call.method);
+        warn!("[{}] {} timed out", short_id(&s.id), call.method);
         for (i, t) in pending {
             let Some(s) = self.sessions.get_mut(&sk) else {
                 return;
             };
             let name = s.naming.targets.get(t).cloned().unwrap_or_default();
+            let label = s.targets.get(t).map_or(s.metric_all, |x| x.metric);
+            metrics::with(|m| m.upstream_error(label, UpstreamError::Timeout));
             let uid = s.calls.get(&cid).map(|c| c.parts[i].1);
             if let Some(uid) = uid {
                 s.upstream.remove(&uid);
@@ -1953,6 +2076,18 @@ impl Gateway {
             return;
         };
         s.by_client_id.remove(&jsonrpc::id_key(&call.client_id));
+        // The call's target label: its one target, or the backend as a whole for fan-outs.
+        let label = match (call.kind == CallKind::Forward, call.parts.first()) {
+            (true, Some((t, _, _))) => s.targets.get(*t).map_or(s.metric_all, |x| x.metric),
+            _ => s.metric_all,
+        };
+        let failed = call.parts.iter().all(|(_, _, r)| matches!(r, Some(Err(_))));
+        let outcome = if failed && !call.parts.is_empty() {
+            Outcome::Error
+        } else {
+            Outcome::Ok
+        };
+        metrics::with(|m| m.request(&call.method, label, outcome, call.started.elapsed()));
         let answer = match call.kind {
             CallKind::Forward => match call.parts.into_iter().next() {
                 Some((t, _, Some(Ok(mut v)))) => {
@@ -2580,6 +2715,16 @@ impl Gateway {
             let _ = d.child.wait();
         }
         log!("stopped");
+    }
+}
+
+/// Records the MCP method of a POST for the access log.
+fn note_mcp_method(c: &mut Conn, body: &jsonrpc::Body) {
+    if let Some(a) = c.access.as_mut() {
+        a.mcp_method = match body.messages.as_slice() {
+            [one] => jsonrpc::method(one).to_string(),
+            many => format!("batch({})", many.len()),
+        };
     }
 }
 

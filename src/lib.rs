@@ -13,6 +13,7 @@ pub mod http;
 pub mod jsonrpc;
 pub mod log;
 pub mod mcp;
+pub mod metrics;
 pub mod signals;
 pub mod timer;
 pub mod tls;

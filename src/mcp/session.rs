@@ -32,6 +32,8 @@ pub struct TargetSlot {
     /// stdin, stdout, stderr tokens.
     pub tokens: [Token; 3],
     pub init_result: Option<Value>,
+    /// Its label in the metrics (`backend/target`).
+    pub metric: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,7 @@ pub struct Call {
     /// For a list over shared bare names: the params to fetch further pages with, until every
     /// target's list is complete.
     pub exhaust: Option<Value>,
+    pub started: Instant,
 }
 
 pub struct Session {
@@ -100,6 +103,9 @@ pub struct Session {
     /// Legacy HTTP+SSE session: every message to the client goes on `get_stream`, and the
     /// session ends with it.
     pub legacy: bool,
+    /// Metrics labels: the backend as a whole (`backend/*`) and the gateway itself.
+    pub metric_all: u16,
+    pub metric_gateway: u16,
 }
 
 impl Session {
@@ -126,6 +132,8 @@ impl Session {
             last_active: Instant::now(),
             tls: None,
             legacy: false,
+            metric_all: 0,
+            metric_gateway: 0,
         }
     }
 
