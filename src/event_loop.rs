@@ -1466,16 +1466,21 @@ impl Gateway {
         }
     }
 
-    /// Readiness of one of an HTTP target's connections.
-    fn http_ready(&mut self, sk: u64, t: usize, token: Token) {
-        let Some(http) = self
+    /// Runs `f` on a session's HTTP target with the loop's registry lent to it, then acts on
+    /// what the target reported. None when there is no such HTTP target.
+    fn with_http<R>(
+        &mut self,
+        sk: u64,
+        t: usize,
+        f: impl FnOnce(&mut HttpTarget, &mut Reg<'_>, &mut Vec<UpEvent>) -> R,
+    ) -> Option<R> {
+        let http = self
             .sessions
-            .get_mut(&sk)
-            .and_then(|s| s.targets.get_mut(t))
-            .and_then(|x| x.http.as_mut())
-        else {
-            return;
-        };
+            .get_mut(&sk)?
+            .targets
+            .get_mut(t)?
+            .http
+            .as_mut()?;
         let mut reg = Reg {
             registry: self.poll.registry(),
             owners: &mut self.owners,
@@ -1483,8 +1488,14 @@ impl Gateway {
             owner: Owner::Http(sk, t),
         };
         let mut events = Vec::new();
-        http.ready(&mut reg, token, &mut events);
+        let r = f(http, &mut reg, &mut events);
         self.upstream_events(sk, t, events);
+        Some(r)
+    }
+
+    /// Readiness of one of an HTTP target's connections.
+    fn http_ready(&mut self, sk: u64, t: usize, token: Token) {
+        self.with_http(sk, t, |http, reg, events| http.ready(reg, token, events));
     }
 
     /// Readiness of a shut-down HTTP target's last connection (its DELETE).
@@ -1923,17 +1934,9 @@ impl Gateway {
         let s = self.sessions.get_mut(&sk).ok_or("session ended")?;
         let slot = s.targets.get_mut(t).ok_or("no such target")?;
         let name = slot.name.clone();
-        if let Some(http) = slot.http.as_mut() {
-            let mut reg = Reg {
-                registry: self.poll.registry(),
-                owners: &mut self.owners,
-                next_token: &mut self.next_token,
-                owner: Owner::Http(sk, t),
-            };
-            let mut events = Vec::new();
-            let sent = http.send(&mut reg, msg, &mut events);
-            self.upstream_events(sk, t, events);
-            return sent;
+        if slot.http.is_some() {
+            let sent = self.with_http(sk, t, |http, reg, events| http.send(reg, msg, events));
+            return sent.unwrap_or_else(|| Err(format!("target {name} is not running")));
         }
         let child = slot
             .child
@@ -2632,23 +2635,7 @@ impl Gateway {
             })
             .collect();
         for (sk, t) in targets {
-            let Some(http) = self
-                .sessions
-                .get_mut(&sk)
-                .and_then(|s| s.targets.get_mut(t))
-                .and_then(|x| x.http.as_mut())
-            else {
-                continue;
-            };
-            let mut reg = Reg {
-                registry: self.poll.registry(),
-                owners: &mut self.owners,
-                next_token: &mut self.next_token,
-                owner: Owner::Http(sk, t),
-            };
-            let mut events = Vec::new();
-            http.tick(&mut reg, now, &mut events);
-            self.upstream_events(sk, t, events);
+            self.with_http(sk, t, |http, reg, events| http.tick(reg, now, events));
         }
         let rids: Vec<u64> = self.retired.keys().copied().collect();
         for rid in rids {
