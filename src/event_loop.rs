@@ -1715,28 +1715,31 @@ impl Gateway {
         let Some(s) = self.sessions.get(&sk) else {
             return;
         };
+        let gateway = s.metric_gateway;
+        // A request the gateway answers with an error itself: counted against `gateway`.
+        let refuse = |gw: &mut Gateway, code: i64, why: &str| {
+            metrics::with(|m| m.request(&method, gateway, Outcome::Error, Duration::ZERO));
+            gw.reply(Some(conn), jsonrpc::error(client_id.clone(), code, why));
+        };
         if method == "initialize" {
-            let e = jsonrpc::error(
-                client_id,
+            return refuse(
+                self,
                 jsonrpc::INVALID_REQUEST,
                 "session is already initialized",
             );
-            return self.reply(Some(conn), e);
         }
         if s.calls.len() >= self.cfg.limits.max_inflight {
-            let e = jsonrpc::error(
-                client_id,
+            return refuse(
+                self,
                 jsonrpc::UPSTREAM_ERROR,
                 "too many requests in flight for this session",
             );
-            return self.reply(Some(conn), e);
         }
         let timeout = self.cfg.limits.request_timeout;
         match s.naming.route(&method, params.as_ref()) {
             Ok(Dest::Local) => {
-                let gateway = s.metric_gateway;
                 metrics::with(|m| m.request(&method, gateway, Outcome::Ok, Duration::ZERO));
-                self.reply(Some(conn), jsonrpc::result(client_id, json!({})))
+                self.reply(Some(conn), jsonrpc::result(client_id.clone(), json!({})))
             }
             Ok(Dest::One(t, p)) => {
                 if let Some(a) = self.conns.get_mut(&conn).and_then(|c| c.access.as_mut()) {
@@ -1744,10 +1747,7 @@ impl Gateway {
                 }
                 if let Some(TargetState::Failed(why)) = s.targets.get(t).map(|x| &x.state) {
                     let why = format!("target {} is unavailable: {why}", s.naming.targets[t]);
-                    return self.reply(
-                        Some(conn),
-                        jsonrpc::error(client_id, jsonrpc::UPSTREAM_ERROR, &why),
-                    );
+                    return refuse(self, jsonrpc::UPSTREAM_ERROR, &why);
                 }
                 self.start_call(
                     sk,
@@ -1769,12 +1769,7 @@ impl Gateway {
                 let pages = match cursor.and_then(|c| aggregate::decode_cursor(c, s.targets.len()))
                 {
                     Ok(p) => p,
-                    Err(why) => {
-                        return self.reply(
-                            Some(conn),
-                            jsonrpc::error(client_id, jsonrpc::INVALID_PARAMS, &why),
-                        )
-                    }
+                    Err(why) => return refuse(self, jsonrpc::INVALID_PARAMS, &why),
                 };
                 let mut parts = Vec::new();
                 for (t, cur) in pages {
@@ -1800,10 +1795,7 @@ impl Gateway {
                     timeout,
                 );
             }
-            Err(why) => self.reply(
-                Some(conn),
-                jsonrpc::error(client_id, jsonrpc::INVALID_PARAMS, &why),
-            ),
+            Err(why) => refuse(self, jsonrpc::INVALID_PARAMS, &why),
         }
     }
 
