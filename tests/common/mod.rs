@@ -928,3 +928,158 @@ pub fn assert_rpc_error(msg: &Value, code: Option<i64>) -> String {
         .unwrap_or("")
         .to_string()
 }
+
+// ---- reliability and load helpers (issue #6) -------------------------------------------------
+
+impl Gateway {
+    /// Like [`Gateway::start`], with extra command-line arguments (for example `--watch`) and
+    /// extra environment variables for the gateway process.
+    #[track_caller]
+    pub fn start_with(config: &str, args: &[&str], envs: &[(&str, &str)]) -> Gateway {
+        let dir = TempDir::new();
+        let file = dir.write("mcplex.yaml", config);
+        let mut child = Command::new(gateway_bin())
+            .arg("-f")
+            .arg(&file)
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mcplex");
+        let pid = child.id();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr pipe");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("MCPLEX_TEST_LOG").is_some() {
+                    eprintln!("[gateway {pid}] {line}");
+                }
+                sink.lock().map(|mut l| l.push(line)).ok();
+            }
+        });
+        let mut gw = Gateway {
+            child: Some(child),
+            port: 0,
+            pid,
+            log,
+            status: None,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(port) = gw.listening_port() {
+                gw.port = port;
+                return gw;
+            }
+            if let Some(st) = gw.try_wait() {
+                panic!(
+                    "mcplex exited ({st}) before listening; log:\n{}",
+                    gw.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "mcplex did not listen within {START_TIMEOUT:?}; log:\n{}",
+                    gw.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The configuration file the gateway was started with (rewrite it to test reloads).
+    pub fn config_file(&self) -> PathBuf {
+        self._dir.path().join("mcplex.yaml")
+    }
+
+    /// How many log lines so far contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .map(|l| l.iter().filter(|x| x.contains(needle)).count())
+            .unwrap_or(0)
+    }
+
+    /// Waits up to `limit` until more than `before` log lines contain `needle`.
+    pub fn wait_log(&self, needle: &str, before: usize, limit: Duration) -> bool {
+        wait_until(limit, || self.log_count(needle) > before)
+    }
+
+    /// `GET /healthz` as JSON.
+    #[track_caller]
+    pub fn healthz(&self) -> Value {
+        let r = send_once(self.port, &request("GET", "/healthz", &[], b""));
+        assert_status(&r, 200);
+        r.json()
+    }
+}
+
+/// The number of open file descriptors of `pid` (entries of /proc/<pid>/fd).
+pub fn fd_count(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// The open file descriptors of `pid` with what they point at, for failure messages.
+pub fn fd_targets(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = dir
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            format!("{}->{target}", e.file_name().to_string_lossy())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A field (in kB) of /proc/<pid>/status, such as `VmRSS`.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// The resident set size of `pid` in KiB.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmRSS")
+}
+
+/// A small deterministic pseudo-random generator (xorshift64*), so load tests are repeatable.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// A number in `-limit..=limit`.
+    pub fn signed(&mut self, limit: i64) -> i64 {
+        let span = (limit as u64) * 2 + 1;
+        self.below(span) as i64 - limit
+    }
+}
