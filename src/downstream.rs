@@ -108,7 +108,12 @@ impl Conn {
     }
 
     /// Reads until `WouldBlock`, EOF or `limit` buffered bytes.
-    pub fn read(&mut self, limit: usize) -> ReadResult {
+    ///
+    /// With `short_read_drains`, a read that returns less than asked for ends the loop: a TCP
+    /// socket gave all it had, and edge-triggered readiness reports anything newer. This saves
+    /// a `WouldBlock` read per event; the caller passes false when the event also reported the
+    /// peer's close, which only a read of 0 bytes would surface.
+    pub fn read(&mut self, limit: usize, short_read_drains: bool) -> ReadResult {
         let mut buf = [0u8; 16 * 1024];
         loop {
             if self.rbuf.len() >= limit {
@@ -127,6 +132,10 @@ impl Conn {
                         self.request_started = Some(Instant::now());
                     }
                     self.rbuf.extend_from_slice(&buf[..n]);
+                    if short_read_drains && n < room {
+                        self.paused = false;
+                        return ReadResult::Open;
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.paused = false;

@@ -398,9 +398,10 @@ impl Gateway {
                     e.token(),
                     e.is_readable() || e.is_read_closed() || e.is_error(),
                     e.is_writable() || e.is_write_closed() || e.is_error(),
+                    e.is_read_closed() || e.is_error(),
                 )
             }));
-            for &(token, readable, writable) in &ready {
+            for &(token, readable, writable, closed) in &ready {
                 let Some(owner) = self.owners.get(&token).copied() else {
                     continue;
                 };
@@ -418,9 +419,9 @@ impl Gateway {
                         }
                     }
                     Owner::Listener(i) => self.accept(i),
-                    Owner::Conn => self.conn_ready(token.0, readable, writable),
+                    Owner::Conn => self.conn_ready(token.0, readable, writable, closed),
                     Owner::ChildIn(sk, t) => self.child_writable(sk, t),
-                    Owner::ChildOut(sk, t) => self.child_stdout(sk, t),
+                    Owner::ChildOut(sk, t) => self.child_stdout(sk, t, !closed),
                     Owner::ChildErr(sk, t) => self.child_stderr(sk, t),
                     Owner::Http(sk, t) => self.http_ready(sk, t, token),
                     Owner::Retired(rid) => self.retired_ready(rid, token),
@@ -625,7 +626,7 @@ impl Gateway {
         self.conns.insert(token.0, Conn::new(sock, bind));
     }
 
-    fn conn_ready(&mut self, id: usize, readable: bool, writable: bool) {
+    fn conn_ready(&mut self, id: usize, readable: bool, writable: bool, closed: bool) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -635,7 +636,7 @@ impl Gateway {
             return;
         }
         if readable && !c.paused {
-            c.read(self.read_limit);
+            c.read(self.read_limit, !closed);
         }
         self.process_conn(id);
     }
@@ -647,7 +648,8 @@ impl Gateway {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
-            if !matches!(c.state, ConnState::Idle) || c.closing {
+            if !matches!(c.state, ConnState::Idle) || c.closing || (c.rbuf.is_empty() && !c.paused)
+            {
                 break;
             }
             match parse_request(&c.rbuf, &self.http_limits) {
@@ -664,7 +666,7 @@ impl Gateway {
                     // Reading stopped while a previous answer was pending: resume it now
                     // (edge-triggered readiness will not report bytes already waiting).
                     if c.paused && !c.eof && c.rbuf.len() < self.read_limit {
-                        if c.read(self.read_limit) == ReadResult::Full {
+                        if c.read(self.read_limit, false) == ReadResult::Full {
                             break;
                         }
                         continue;
@@ -1627,7 +1629,7 @@ impl Gateway {
         for (sk, t, why) in exited {
             // Answers the child wrote just before exiting may still sit in its stdout pipe:
             // read them first, so only requests that really lost their answer fail.
-            self.child_stdout(sk, t);
+            self.child_stdout(sk, t, false);
             self.target_failed(sk, t, &why);
         }
     }
@@ -2095,29 +2097,23 @@ impl Gateway {
                 _ => jsonrpc::error(call.client_id, jsonrpc::INTERNAL_ERROR, "no answer"),
             },
             CallKind::FanOut => {
-                let ok: Vec<Part<'_>> = call
-                    .parts
-                    .iter()
-                    .filter_map(|(t, _, r)| match r {
-                        Some(Ok(v)) => Some(Part {
-                            target: *t,
-                            result: v,
-                        }),
-                        _ => None,
-                    })
-                    .collect();
-                let first_err = call.parts.iter().find_map(|(_, _, r)| match r {
-                    Some(Err(e)) => Some(e.clone()),
-                    _ => None,
-                });
+                let mut ok = Vec::with_capacity(call.parts.len());
+                let mut first_err = None;
+                for (t, _, r) in call.parts {
+                    match r {
+                        Some(Ok(v)) => ok.push((t, v)),
+                        Some(Err(e)) if first_err.is_none() => first_err = Some(e),
+                        _ => {}
+                    }
+                }
                 match (ok.is_empty(), first_err) {
                     (true, Some(e)) => json!({"jsonrpc": "2.0", "id": call.client_id, "error": e}),
                     _ if call.method == "logging/setLevel" => {
                         jsonrpc::result(call.client_id, json!({}))
                     }
                     _ => jsonrpc::result(
-                        call.client_id.clone(),
-                        aggregate::merge_list(&call.method, &ok, &mut s.naming),
+                        call.client_id,
+                        aggregate::merge_list(&call.method, ok, &mut s.naming),
                     ),
                 }
             }
@@ -2329,7 +2325,7 @@ impl Gateway {
         }
     }
 
-    fn child_stdout(&mut self, sk: u64, t: usize) {
+    fn child_stdout(&mut self, sk: u64, t: usize, short_read_drains: bool) {
         let max = self.cfg.limits.max_stdio_line;
         let Some(child) = self
             .sessions
@@ -2340,7 +2336,7 @@ impl Gateway {
             return;
         };
         let mut lines = Vec::new();
-        let outcome = child.read_stdout(max, |l| lines.push(l.to_vec()));
+        let outcome = child.read_stdout(max, short_read_drains, |l| lines.push(l.to_vec()));
         for l in lines {
             self.target_line(sk, t, &l);
         }

@@ -112,8 +112,16 @@ impl Request {
 /// `Partial` means the request is not all there yet. The caller keeps the bytes after the
 /// consumed count: they are the next pipelined request.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Status<Request>, HttpError> {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut headers);
+    // The usual limit fits on the stack: no allocation per parse.
+    let mut stack = [httparse::EMPTY_HEADER; 64];
+    let mut heap = Vec::new();
+    let headers: &mut [httparse::Header<'_>] = if limits.max_headers <= stack.len() {
+        &mut stack[..limits.max_headers]
+    } else {
+        heap.resize(limits.max_headers, httparse::EMPTY_HEADER);
+        &mut heap
+    };
+    let mut req = httparse::Request::new(headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
@@ -214,6 +222,9 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Status<Request>, Htt
 /// Whether `buf` holds a complete HTTP/1.1 head that asks for `Expect: 100-continue`: the
 /// client then waits for an interim `100 Continue` before it sends the body.
 pub fn expects_continue(buf: &[u8], max_headers: usize) -> bool {
+    if !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        return false;
+    }
     let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {

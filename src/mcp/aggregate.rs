@@ -99,42 +99,45 @@ pub fn decode_cursor(
 /// Merges list pages. Items are renamed for their target; `nextCursor` lists the targets that
 /// have more, each with its own cursor, so following it yields every item exactly once. With
 /// bare names shared by several targets, a name offered twice is left out.
-pub fn merge_list(method: &str, parts: &[Part<'_>], naming: &mut Naming) -> Value {
+pub fn merge_list(method: &str, parts: Vec<(usize, Value)>, naming: &mut Naming) -> Value {
     let Some((key, field, space)) = list_shape(method) else {
         return json!({});
     };
     // Learn every name first, so an ambiguity anywhere in the answer hides the name everywhere.
-    for p in parts {
-        if let Some(Value::Array(list)) = p.result.get(key) {
+    for (target, result) in &parts {
+        if let Some(Value::Array(list)) = result.get(key) {
             for name in list
                 .iter()
                 .filter_map(|i| i.get(field).and_then(Value::as_str))
             {
-                naming.learn(space, name, p.target);
+                naming.learn(space, name, *target);
             }
         }
     }
     let mut items = Vec::new();
     let mut more = Vec::new();
-    for p in parts {
-        if let Some(Value::Array(list)) = p.result.get(key) {
-            for item in list {
-                let mut item = item.clone();
+    for (target, mut result) in parts {
+        // Items are moved, not cloned: the parts are not needed afterwards.
+        if let Some(Value::Array(list)) = result.get_mut(key).map(Value::take) {
+            for mut item in list {
                 if let Some(Value::String(s)) = item.get_mut(field) {
                     if !naming.is_unambiguous(space, s) {
                         continue;
                     }
                     *s = match space {
-                        Space::Resource | Space::Template => naming.prefix_uri(p.target, s),
-                        Space::Tool | Space::Prompt => naming.prefix_name(p.target, s),
+                        Space::Resource | Space::Template => naming.prefix_uri(target, s),
+                        Space::Tool | Space::Prompt => naming.prefix_name(target, s),
                     };
                 }
                 items.push(item);
             }
         }
         // With shared names every page was fetched already; nothing is left to page through.
-        if let (Some(Value::String(next)), false) = (p.result.get("nextCursor"), naming.shared()) {
-            more.push((p.target, Some(next.clone())));
+        if let (Some(Value::String(next)), false) = (
+            result.get_mut("nextCursor").map(Value::take),
+            naming.shared(),
+        ) {
+            more.push((target, Some(next)));
         }
     }
     let mut out = Map::new();
@@ -230,20 +233,7 @@ mod tests {
     fn list_pages_carry_every_cursor() {
         let r0 = json!({"tools": [{"name": "x"}], "nextCursor": "p2"});
         let r1 = json!({"tools": [{"name": "y"}]});
-        let m = merge_list(
-            "tools/list",
-            &[
-                Part {
-                    target: 0,
-                    result: &r0,
-                },
-                Part {
-                    target: 1,
-                    result: &r1,
-                },
-            ],
-            &mut two(),
-        );
+        let m = merge_list("tools/list", vec![(0, r0), (1, r1)], &mut two());
         assert_eq!(m["tools"], json!([{"name": "a_x"}, {"name": "b_y"}]));
         let next = m["nextCursor"].as_str().map(str::to_string);
         assert_eq!(

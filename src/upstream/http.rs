@@ -616,9 +616,15 @@ impl HttpTarget {
             );
         }
         self.outcome(reg, &ex, status, out);
+        // One idle connection is kept for the next message; more would only hold sockets
+        // (and threads, in thread-per-connection upstreams) for nothing.
+        let another_idle = self
+            .conns
+            .iter()
+            .any(|(t, c)| *t != token && matches!(c.state, State::Idle(_)));
         let c = self.conns.get_mut(&token);
         match c {
-            Some(c) if keep && !self.closing && c.rbuf.is_empty() => {
+            Some(c) if keep && !self.closing && !another_idle && c.rbuf.is_empty() => {
                 c.reused = true;
                 c.deadline = None;
             }

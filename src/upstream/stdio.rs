@@ -114,11 +114,24 @@ impl StdioChild {
     }
 
     /// Reads stdout until `WouldBlock`, handing each complete non-empty line to `on_line`.
-    pub fn read_stdout(&mut self, max_line: usize, mut on_line: impl FnMut(&[u8])) -> ReadOutcome {
+    /// With `short_read_drains`, a short read ends the loop (see `Conn::read`).
+    pub fn read_stdout(
+        &mut self,
+        max_line: usize,
+        short_read_drains: bool,
+        mut on_line: impl FnMut(&[u8]),
+    ) -> ReadOutcome {
         let Some(pipe) = self.stdout.as_mut() else {
             return ReadOutcome::Eof;
         };
-        read_lines(pipe, &mut self.line, max_line, false, &mut on_line)
+        read_lines(
+            pipe,
+            &mut self.line,
+            max_line,
+            false,
+            short_read_drains,
+            &mut on_line,
+        )
     }
 
     /// Reads stderr until `WouldBlock`, handing each line (cut to a loggable length) to `on_line`.
@@ -131,6 +144,7 @@ impl StdioChild {
             &mut self.err_line,
             MAX_STDERR_LINE,
             true,
+            false,
             &mut on_line,
         )
     }
@@ -143,6 +157,7 @@ fn read_lines(
     line: &mut Vec<u8>,
     max: usize,
     truncate: bool,
+    short_read_drains: bool,
     on_line: &mut dyn FnMut(&[u8]),
 ) -> ReadOutcome {
     let mut buf = [0u8; 16 * 1024];
@@ -178,6 +193,9 @@ fn read_lines(
                     line.extend_from_slice(&rest[..take]);
                 } else {
                     line.extend_from_slice(rest);
+                }
+                if short_read_drains && n < buf.len() {
+                    return ReadOutcome::Open;
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return ReadOutcome::Open,

@@ -1,0 +1,401 @@
+//! MCP client sessions over streamable HTTP and legacy HTTP+SSE, blocking, one request at a
+//! time. Every failure is returned as a message, never a panic: the benchmark counts it.
+
+use crate::http::{self, Body, Conn, Url};
+use serde_json::{json, Value};
+use std::io::{self, BufReader};
+use std::time::Duration;
+
+const PROTOCOL_VERSION: &str = "2025-06-18";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Transport {
+    Streamable,
+    LegacySse,
+}
+
+pub enum Session {
+    Streamable(Streamable),
+    Legacy(Legacy),
+}
+
+impl Session {
+    /// Opens a session: `initialize`, then `notifications/initialized`.
+    pub fn open(url: &Url, transport: Transport, timeout: Duration) -> Result<Session, String> {
+        let mut session = match transport {
+            Transport::Streamable => Session::Streamable(Streamable {
+                url: url.clone(),
+                conn: None,
+                session_id: None,
+                protocol: None,
+                next_id: 0,
+                timeout,
+            }),
+            Transport::LegacySse => Session::Legacy(Legacy::connect(url, timeout)?),
+        };
+        let params = json!({
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "mcplex-loadgen", "version": env!("CARGO_PKG_VERSION")},
+        });
+        let result = session.request("initialize", params)?;
+        let version = result
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let Session::Streamable(s) = &mut session {
+            if s.session_id.is_none() {
+                return Err("initialize answered without an Mcp-Session-Id".into());
+            }
+            s.protocol = version;
+        }
+        session.notify("notifications/initialized")?;
+        Ok(session)
+    }
+
+    /// Sends a request and returns its `result`; a JSON-RPC error becomes `Err`.
+    pub fn request(&mut self, method: &str, params: Value) -> Result<Value, String> {
+        let id = match self {
+            Session::Streamable(s) => s.bump_id(),
+            Session::Legacy(s) => s.bump_id(),
+        };
+        let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let body = msg.to_string();
+        let answer = match self {
+            Session::Streamable(s) => s.post(body.as_bytes(), Some(id))?,
+            Session::Legacy(s) => s.post_and_wait(body.as_bytes(), Some(id))?,
+        };
+        let answer = answer.ok_or_else(|| format!("{method}: no answer"))?;
+        if let Some(err) = answer.get("error") {
+            return Err(format!("{method}: JSON-RPC error {err}"));
+        }
+        answer
+            .get("result")
+            .cloned()
+            .ok_or_else(|| format!("{method}: answer without result"))
+    }
+
+    pub fn notify(&mut self, method: &str) -> Result<(), String> {
+        let body = json!({"jsonrpc": "2.0", "method": method}).to_string();
+        match self {
+            Session::Streamable(s) => s.post(body.as_bytes(), None).map(|_| ()),
+            Session::Legacy(s) => s.post_and_wait(body.as_bytes(), None).map(|_| ()),
+        }
+    }
+
+    /// Ends the session the way a polite client does (DELETE, or closing the SSE stream).
+    pub fn close(self) -> Result<(), String> {
+        match self {
+            Session::Streamable(mut s) => s.delete(),
+            Session::Legacy(_) => Ok(()),
+        }
+    }
+}
+
+/// Finds the answer to request `id` in a JSON-RPC message or batch.
+fn answer_for(msg: Value, id: u64) -> Option<Value> {
+    match msg {
+        Value::Array(items) => items.into_iter().find_map(|m| answer_for(m, id)),
+        m if m.get("id").and_then(Value::as_u64) == Some(id)
+            && (m.get("result").is_some() || m.get("error").is_some()) =>
+        {
+            Some(m)
+        }
+        _ => None,
+    }
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+        format!("bad JSON in answer ({e}): {text:?}")
+    })
+}
+
+fn io_err(what: &str, e: io::Error) -> String {
+    format!("{what}: {e}")
+}
+
+pub struct Streamable {
+    url: Url,
+    /// The kept-alive connection, if the last response allowed reuse.
+    conn: Option<Conn>,
+    session_id: Option<String>,
+    protocol: Option<String>,
+    next_id: u64,
+    timeout: Duration,
+}
+
+impl Streamable {
+    fn bump_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn headers(&self) -> Vec<(&str, &str)> {
+        let mut h = vec![
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ];
+        if let Some(sid) = &self.session_id {
+            h.push(("Mcp-Session-Id", sid));
+        }
+        if let Some(v) = &self.protocol {
+            h.push(("MCP-Protocol-Version", v));
+        }
+        h
+    }
+
+    /// POSTs one message. A kept-alive connection the server has closed meanwhile fails before
+    /// any response byte; that case alone is retried once on a fresh connection.
+    fn post(&mut self, body: &[u8], id: Option<u64>) -> Result<Option<Value>, String> {
+        let reused = self.conn.is_some();
+        match self.try_post(body, id) {
+            Err(Attempt::Stale(e)) if reused => self.try_post(body, id).map_err(|a| a.message(&e)),
+            r => r.map_err(|a| a.message("")),
+        }
+    }
+
+    fn try_post(&mut self, body: &[u8], id: Option<u64>) -> Result<Option<Value>, Attempt> {
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => http::connect(&self.url, self.timeout)
+                .map_err(|e| Attempt::Failed(io_err("connect", e)))?,
+        };
+        let headers = self.headers();
+        if let Err(e) = http::write_request(&mut conn, "POST", &self.url, &headers, body) {
+            return Err(Attempt::Stale(io_err("write", e)));
+        }
+        let head = match http::read_head(&mut conn) {
+            Ok(h) => h,
+            Err(e)
+                if e.kind() == io::ErrorKind::UnexpectedEof
+                    || e.kind() == io::ErrorKind::ConnectionReset =>
+            {
+                return Err(Attempt::Stale(io_err("read", e)))
+            }
+            Err(e) => return Err(Attempt::Failed(io_err("read", e))),
+        };
+        if let Some(sid) = head.header("mcp-session-id") {
+            if self.session_id.is_none() {
+                self.session_id = Some(sid.to_string());
+            }
+        }
+        let framing = head.framing().map_err(Attempt::Failed)?;
+        let keep = head.keep_alive() && !matches!(framing, http::Framing::Close);
+        let mut reader = Body::new(&mut conn, framing);
+        let answer = if head.status == 202 || head.status == 204 {
+            io::copy(&mut reader, &mut io::sink())
+                .map_err(|e| Attempt::Failed(io_err("body", e)))?;
+            None
+        } else if head.status != 200 {
+            let text = reader.read_all().unwrap_or_default();
+            let text = String::from_utf8_lossy(&text[..text.len().min(200)]).into_owned();
+            return Err(Attempt::Failed(format!(
+                "HTTP {}: {}",
+                head.status,
+                text.trim()
+            )));
+        } else if head.is_event_stream() {
+            let mut events = BufReader::new(reader);
+            let mut found = None;
+            while let Some(ev) =
+                http::next_event(&mut events).map_err(|e| Attempt::Failed(io_err("SSE", e)))?
+            {
+                if ev.data.is_empty() {
+                    continue; // priming event (SSE polling) carries no message
+                }
+                let msg = parse_json(ev.data.as_bytes()).map_err(Attempt::Failed)?;
+                if let Some(a) = id.and_then(|id| answer_for(msg, id)) {
+                    found = Some(a);
+                    break;
+                }
+            }
+            // Read the stream to its end so the connection can carry the next request.
+            io::copy(&mut events, &mut io::sink())
+                .map_err(|e| Attempt::Failed(io_err("SSE", e)))?;
+            if found.is_none() && id.is_some() {
+                return Err(Attempt::Failed(
+                    "SSE answer ended without the response".into(),
+                ));
+            }
+            found
+        } else {
+            let bytes = reader
+                .read_all()
+                .map_err(|e| Attempt::Failed(io_err("body", e)))?;
+            match id {
+                Some(id) => Some(
+                    answer_for(parse_json(&bytes).map_err(Attempt::Failed)?, id)
+                        .ok_or_else(|| Attempt::Failed("JSON answer for another id".into()))?,
+                ),
+                None => None,
+            }
+        };
+        if keep {
+            self.conn = Some(conn);
+        }
+        Ok(answer)
+    }
+
+    fn delete(&mut self) -> Result<(), String> {
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => http::connect(&self.url, self.timeout).map_err(|e| io_err("connect", e))?,
+        };
+        let headers = self.headers();
+        http::write_request(&mut conn, "DELETE", &self.url, &headers[1..], b"")
+            .map_err(|e| io_err("DELETE", e))?;
+        let head = http::read_head(&mut conn).map_err(|e| io_err("DELETE", e))?;
+        // 405 means the server does not let clients end sessions; that is allowed by the spec.
+        if !(head.status == 200 || head.status == 202 || head.status == 204 || head.status == 405) {
+            return Err(format!("DELETE: HTTP {}", head.status));
+        }
+        Ok(())
+    }
+}
+
+/// One try of a POST: `Stale` failures may be retried on a fresh connection.
+enum Attempt {
+    Stale(String),
+    Failed(String),
+}
+
+impl Attempt {
+    fn message(self, earlier: &str) -> String {
+        let m = match self {
+            Attempt::Stale(m) | Attempt::Failed(m) => m,
+        };
+        if earlier.is_empty() {
+            m
+        } else {
+            format!("{m} (after retrying: {earlier})")
+        }
+    }
+}
+
+/// Legacy HTTP+SSE (2024-11-05): answers arrive on the GET stream, POSTs only get 202.
+pub struct Legacy {
+    stream: BufReader<Body<Conn>>,
+    endpoint: Url,
+    post: Streamless,
+    next_id: u64,
+}
+
+/// The POST side of a legacy session: a kept-alive connection that only expects 2xx.
+struct Streamless {
+    conn: Option<Conn>,
+    timeout: Duration,
+}
+
+impl Legacy {
+    fn connect(url: &Url, timeout: Duration) -> Result<Legacy, String> {
+        let mut conn = http::connect(url, timeout).map_err(|e| io_err("connect", e))?;
+        http::write_request(
+            &mut conn,
+            "GET",
+            url,
+            &[("Accept", "text/event-stream")],
+            b"",
+        )
+        .map_err(|e| io_err("GET", e))?;
+        let head = http::read_head(&mut conn).map_err(|e| io_err("GET", e))?;
+        if head.status != 200 || !head.is_event_stream() {
+            return Err(format!(
+                "GET {}: HTTP {}, not an event stream",
+                url.path, head.status
+            ));
+        }
+        let framing = head.framing()?;
+        let mut stream = BufReader::new(Body::new(conn, framing));
+        loop {
+            match http::next_event(&mut stream).map_err(|e| io_err("SSE", e))? {
+                Some(ev) if ev.event == "endpoint" => {
+                    let endpoint = url.join(ev.data.trim())?;
+                    let post = Streamless {
+                        conn: None,
+                        timeout,
+                    };
+                    return Ok(Legacy {
+                        stream,
+                        endpoint,
+                        post,
+                        next_id: 0,
+                    });
+                }
+                Some(_) => continue,
+                None => return Err("SSE stream ended before the endpoint event".into()),
+            }
+        }
+    }
+
+    fn bump_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn post_and_wait(&mut self, body: &[u8], id: Option<u64>) -> Result<Option<Value>, String> {
+        self.post.send(&self.endpoint, body)?;
+        let Some(id) = id else { return Ok(None) };
+        loop {
+            match http::next_event(&mut self.stream).map_err(|e| io_err("SSE", e))? {
+                Some(ev) if ev.event.is_empty() || ev.event == "message" => {
+                    if let Some(a) = answer_for(parse_json(ev.data.as_bytes())?, id) {
+                        return Ok(Some(a));
+                    }
+                }
+                Some(_) => continue,
+                None => return Err("SSE stream ended while waiting for an answer".into()),
+            }
+        }
+    }
+}
+
+impl Streamless {
+    fn send(&mut self, url: &Url, body: &[u8]) -> Result<(), String> {
+        let reused = self.conn.is_some();
+        match self.try_send(url, body) {
+            Err(Attempt::Stale(e)) if reused => self.try_send(url, body).map_err(|a| a.message(&e)),
+            r => r.map_err(|a| a.message("")),
+        }
+    }
+
+    fn try_send(&mut self, url: &Url, body: &[u8]) -> Result<(), Attempt> {
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => http::connect(url, self.timeout)
+                .map_err(|e| Attempt::Failed(io_err("connect", e)))?,
+        };
+        let headers = [("Content-Type", "application/json")];
+        if let Err(e) = http::write_request(&mut conn, "POST", url, &headers, body) {
+            return Err(Attempt::Stale(io_err("write", e)));
+        }
+        let head = match http::read_head(&mut conn) {
+            Ok(h) => h,
+            Err(e)
+                if e.kind() == io::ErrorKind::UnexpectedEof
+                    || e.kind() == io::ErrorKind::ConnectionReset =>
+            {
+                return Err(Attempt::Stale(io_err("read", e)))
+            }
+            Err(e) => return Err(Attempt::Failed(io_err("read", e))),
+        };
+        let framing = head.framing().map_err(Attempt::Failed)?;
+        let keep = head.keep_alive() && !matches!(framing, http::Framing::Close);
+        let text = Body::new(&mut conn, framing)
+            .read_all()
+            .map_err(|e| Attempt::Failed(io_err("body", e)))?;
+        if !(200..300).contains(&head.status) {
+            let text = String::from_utf8_lossy(&text[..text.len().min(200)]).into_owned();
+            return Err(Attempt::Failed(format!(
+                "POST: HTTP {}: {}",
+                head.status,
+                text.trim()
+            )));
+        }
+        if keep {
+            self.conn = Some(conn);
+        }
+        Ok(())
+    }
+}
