@@ -1500,9 +1500,10 @@ impl Gateway {
         self.with_http(sk, t, |http, reg, events| http.ready(reg, token, events));
     }
 
-    /// Readiness of a shut-down HTTP target's last connection (its DELETE).
-    fn retired_ready(&mut self, rid: u64, token: Token) {
-        let Some((http, _)) = self.retired.get_mut(&rid) else {
+    /// Runs `f` on an ended session's HTTP target (its DELETE in flight) with the registry
+    /// lent to it, and forgets the target once it is done.
+    fn with_retired(&mut self, rid: u64, f: impl FnOnce(&mut HttpTarget, &mut Reg<'_>, Instant)) {
+        let Some((http, deadline)) = self.retired.get_mut(&rid) else {
             return;
         };
         let mut reg = Reg {
@@ -1511,11 +1512,15 @@ impl Gateway {
             next_token: &mut self.next_token,
             owner: Owner::Retired(rid),
         };
-        let mut ignored = Vec::new();
-        http.ready(&mut reg, token, &mut ignored);
+        f(http, &mut reg, *deadline);
         if http.is_done() {
             self.retired.remove(&rid);
         }
+    }
+
+    /// Readiness of a shut-down HTTP target's last connection (its DELETE).
+    fn retired_ready(&mut self, rid: u64, token: Token) {
+        self.with_retired(rid, |http, reg, _| http.ready(reg, token, &mut Vec::new()));
     }
 
     fn register_child(&mut self, child: &mut StdioChild, tokens: [Token; 3]) -> io::Result<()> {
@@ -2627,23 +2632,12 @@ impl Gateway {
         }
         let rids: Vec<u64> = self.retired.keys().copied().collect();
         for rid in rids {
-            let Some((http, deadline)) = self.retired.get_mut(&rid) else {
-                continue;
-            };
-            let mut reg = Reg {
-                registry: self.poll.registry(),
-                owners: &mut self.owners,
-                next_token: &mut self.next_token,
-                owner: Owner::Retired(rid),
-            };
-            let mut ignored = Vec::new();
-            http.tick(&mut reg, now, &mut ignored);
-            if *deadline <= now {
-                http.abort(&mut reg);
-            }
-            if http.is_done() {
-                self.retired.remove(&rid);
-            }
+            self.with_retired(rid, |http, reg, deadline| {
+                http.tick(reg, now, &mut Vec::new());
+                if deadline <= now {
+                    http.abort(reg);
+                }
+            });
         }
     }
 

@@ -111,58 +111,7 @@ impl Gateway {
     /// listens. Port 0 lets the OS choose, so parallel tests never collide.
     #[track_caller]
     pub fn start(config: &str) -> Gateway {
-        let dir = TempDir::new();
-        let file = dir.write("mcplex.yaml", config);
-        let mut child = Command::new(gateway_bin())
-            .arg("-f")
-            .arg(&file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mcplex");
-        let pid = child.id();
-        // Keep draining stderr for the whole run: a full pipe would block the gateway.
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr pipe");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var_os("MCPLEX_TEST_LOG").is_some() {
-                    eprintln!("[gateway {pid}] {line}");
-                }
-                sink.lock().map(|mut l| l.push(line)).ok();
-            }
-        });
-        let mut gw = Gateway {
-            child: Some(child),
-            port: 0,
-            pid,
-            log,
-            status: None,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(port) = gw.listening_port() {
-                gw.port = port;
-                return gw;
-            }
-            if let Some(st) = gw.try_wait() {
-                panic!(
-                    "mcplex exited ({st}) before listening; log:\n{}",
-                    gw.log_text()
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "mcplex did not listen within {START_TIMEOUT:?}; log:\n{}",
-                    gw.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        Gateway::start_with(config, &[], &[])
     }
 
     fn listening_port(&self) -> Option<u16> {
