@@ -882,11 +882,6 @@ impl Gateway {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        let ctype = req.header("content-type").unwrap_or("");
-        if !media_type_is(ctype, "application/json") {
-            c.respond_text(415, "Content-Type must be application/json\n", keep_alive);
-            return;
-        }
         if !accepts(&req, "application/json") || !accepts(&req, "text/event-stream") {
             c.respond_text(
                 406,
@@ -895,14 +890,9 @@ impl Gateway {
             );
             return;
         }
-        let body = match jsonrpc::parse_body(&req.body) {
-            Ok(b) => b,
-            Err(e) => {
-                c.respond_json(400, &[], &e, keep_alive);
-                return;
-            }
+        let Some(body) = json_body(c, &req, keep_alive) else {
+            return;
         };
-        note_mcp_method(c, &body);
         let init = body
             .messages
             .iter()
@@ -1238,14 +1228,9 @@ impl Gateway {
             };
             return c.respond_text(status, why, keep_alive);
         };
-        if !media_type_is(req.header("content-type").unwrap_or(""), "application/json") {
-            return c.respond_text(415, "Content-Type must be application/json\n", keep_alive);
-        }
-        let body = match jsonrpc::parse_body(&req.body) {
-            Ok(b) => b,
-            Err(e) => return c.respond_json(400, &[], &e, keep_alive),
+        let Some(body) = json_body(c, &req, keep_alive) else {
+            return;
         };
-        note_mcp_method(c, &body);
         c.respond(
             202,
             &[("Content-Type", "text/plain")],
@@ -2684,6 +2669,25 @@ impl Gateway {
             let _ = d.child.wait();
         }
         log!("stopped");
+    }
+}
+
+/// The JSON-RPC body of a POST: 415 for another Content-Type, 400 with a JSON-RPC parse error
+/// for bad JSON (both answered here, None returned). Notes the MCP method for the access log.
+fn json_body(c: &mut Conn, req: &Request, keep_alive: bool) -> Option<jsonrpc::Body> {
+    if !media_type_is(req.header("content-type").unwrap_or(""), "application/json") {
+        c.respond_text(415, "Content-Type must be application/json\n", keep_alive);
+        return None;
+    }
+    match jsonrpc::parse_body(&req.body) {
+        Ok(body) => {
+            note_mcp_method(c, &body);
+            Some(body)
+        }
+        Err(e) => {
+            c.respond_json(400, &[], &e, keep_alive);
+            None
+        }
     }
 }
 
