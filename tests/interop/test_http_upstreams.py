@@ -12,21 +12,17 @@ MCP Inspector CLI.  Timeouts as in test_python_sdk.py / test_inspector_cli.py.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any
 
-import anyio
 import mcp.types as types
 import pytest
 from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from conftest import LOOPBACK_V4_HEX, demo_target, listening_addresses, mcp_target, sse_target
-from test_inspector_cli import inspector
+from mcp_client import all_tools as _all_tools, by_target, inspector_cli as inspector, run_client as _run_client, step as _step, text_of as _text_of
 
-STEP_TIMEOUT_S = 20.0
 TARGETS = ("streamable", "legacy", "demo")
 HTTP_TARGETS = ("streamable", "legacy")
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -51,50 +47,6 @@ def three_kinds(gateway, everything_http):
     return gateway(cfg)
 
 
-async def _step(what: str, coro: Awaitable[T]) -> T:
-    try:
-        with anyio.fail_after(STEP_TIMEOUT_S):
-            return await coro
-    except TimeoutError as e:
-        raise AssertionError(f"{what}: no answer within {STEP_TIMEOUT_S:.0f} s") from e
-
-
-def _run_client(url: str, body: Callable[[ClientSession], Awaitable[None]], **session_kw: Any) -> None:
-    async def main() -> None:
-        async with streamable_http_client(url) as (read, write):
-            async with ClientSession(read, write, read_timeout_seconds=STEP_TIMEOUT_S, **session_kw) as session:
-                init = await _step("initialize", session.initialize())
-                assert init.server_info.name == "mcplex", init.server_info
-                await body(session)
-
-    anyio.run(main)
-
-
-def _text_of(content: list[Any]) -> str:
-    return "\n".join(c.text for c in content if getattr(c, "type", None) == "text")
-
-
-async def _all_tools(s: ClientSession) -> list[types.Tool]:
-    out: list[types.Tool] = []
-    cursor = None
-    for _ in range(50):
-        page = await _step("tools/list", s.list_tools(cursor=cursor) if cursor else s.list_tools())
-        out.extend(page.tools)
-        cursor = page.next_cursor
-        if not cursor:
-            return out
-    raise AssertionError("tools/list still paging after 50 pages")
-
-
-def _by_target(names: list[str]) -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = {t: [] for t in TARGETS}
-    for n in names:
-        target, sep, rest = n.partition("_")
-        assert sep and target in groups and rest, f"tool {n!r} has no known target prefix"
-        groups[target].append(rest)
-    return groups
-
-
 async def _on_sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
     prompt = " ".join(getattr(m.content, "text", "") or "" for m in params.messages)
     return types.CreateMessageResult(
@@ -108,7 +60,7 @@ def test_sdk_lists_and_calls_every_kind_of_target(three_kinds):
     async def body(s: ClientSession) -> None:
         names = [t.name for t in await _all_tools(s)]
         assert len(names) == len(set(names)), f"a tool is listed twice: {sorted(names)}"
-        groups = _by_target(names)
+        groups = by_target(names, TARGETS)
         for target in TARGETS:
             assert "echo" in groups[target], f"{target}_echo missing: {sorted(names)}"
         for target in HTTP_TARGETS:
@@ -143,7 +95,7 @@ def test_sdk_lists_and_calls_every_kind_of_target(three_kinds):
 
 def test_sdk_sampling_through_both_http_targets(three_kinds):
     async def body(s: ClientSession) -> None:
-        groups = _by_target([t.name for t in await _all_tools(s)])
+        groups = by_target([t.name for t in await _all_tools(s)], TARGETS)
         for target in HTTP_TARGETS:
             # server-everything offers it only to clients that declared sampling.
             assert "trigger-sampling-request" in groups[target], sorted(groups[target])
@@ -164,7 +116,7 @@ def test_sdk_sampling_through_both_http_targets(three_kinds):
 def test_inspector_cli_lists_and_calls_every_kind_of_target(three_kinds):
     out = inspector(three_kinds.mcp, "--method", "tools/list")
     assert not out.get("nextCursor"), out.get("nextCursor")
-    groups = _by_target([t["name"] for t in out["tools"]])
+    groups = by_target([t["name"] for t in out["tools"]], TARGETS)
     for target in TARGETS:
         assert "echo" in groups[target], f"{target}_echo missing: {groups}"
 

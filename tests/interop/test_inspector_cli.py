@@ -7,39 +7,12 @@ and has no timeout flag, so each call is bounded by subprocess's timeout.
 
 from __future__ import annotations
 
-import json
-import subprocess
-from typing import Any
 
 import pytest
 
-from conftest import INSPECTOR_CLI_BUILD, NODE22, demo_target, single_target_config
+from conftest import demo_target, single_target_config
+from mcp_client import inspector_cli as inspector
 
-CALL_TIMEOUT_S = 30
-
-
-def inspector(url: str, *args: str) -> Any:
-    argv = [str(NODE22), "index.js", url, "--transport", "http", *args]
-    try:
-        p = subprocess.run(
-            argv,
-            cwd=INSPECTOR_CLI_BUILD,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CALL_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError(
-            f"inspector-cli {' '.join(args)} hung for {CALL_TIMEOUT_S} s\nstdout: {e.stdout!r}\nstderr: {e.stderr!r}"
-        ) from e
-    assert p.returncode == 0, (
-        f"inspector-cli {' '.join(args)} exited {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
-    )
-    try:
-        return json.loads(p.stdout)
-    except json.JSONDecodeError as e:
-        raise AssertionError(f"inspector-cli {' '.join(args)} printed no JSON:\n{p.stdout}\n{p.stderr}") from e
 
 
 @pytest.fixture

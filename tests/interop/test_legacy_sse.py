@@ -12,52 +12,23 @@ Inspector calls are bounded by subprocess timeouts; pytest-timeout bounds each t
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any
 
-import anyio
 from mcp import ClientSession
-from mcp.client.sse import sse_client
 
-from conftest import INSPECTOR_CLI_BUILD, NODE22, demo_target, everything_target, single_target_config
+from conftest import demo_target, everything_target, single_target_config
+from mcp_client import inspector_cli, run_client, step as _step, text_of as _text_of
 
-STEP_TIMEOUT_S = 20.0
-CALL_TIMEOUT_S = 30
 # How long the gateway may take to stop a session's children once its stream closed
 # (it closes their stdin, waits about 1 s, then kills).
 CHILD_EXIT_S = 10.0
-T = TypeVar("T")
 
 
 def multiplexed() -> dict[str, Any]:
     """Shorthand config with two targets (prefixed names): the demo and server-everything."""
     return {"mcp": {"targets": [demo_target("demo"), everything_target("everything")]}}
-
-
-async def _step(what: str, coro: Awaitable[T]) -> T:
-    try:
-        with anyio.fail_after(STEP_TIMEOUT_S):
-            return await coro
-    except TimeoutError as e:
-        raise AssertionError(f"{what}: no answer within {STEP_TIMEOUT_S:.0f} s") from e
-
-
-def _run_sse_client(url: str, body: Callable[[ClientSession], Awaitable[None]]) -> None:
-    async def main() -> None:
-        async with sse_client(url, timeout=STEP_TIMEOUT_S, sse_read_timeout=60) as (read, write):
-            async with ClientSession(read, write, read_timeout_seconds=STEP_TIMEOUT_S) as session:
-                init = await _step("initialize", session.initialize())
-                assert init.server_info.name, init
-                await body(session)
-
-    anyio.run(main)
-
-
-def _text_of(content: list[Any]) -> str:
-    return "\n".join(c.text for c in content if getattr(c, "type", None) == "text")
 
 
 # ---------------------------------------------------------------- /proc
@@ -143,7 +114,7 @@ def test_python_sdk_sse_single_target(gateway):
         res = await _step("tools/call add", s.call_tool("add", {"a": 40, "b": 2}))
         assert "42" in _text_of(res.content), res
 
-    _run_sse_client(f"{gw}/sse", body)
+    run_client(f"{gw}/sse", body, sse=True)
     _wait_no_children(gw.proc.pid)
 
 
@@ -168,7 +139,7 @@ def test_python_sdk_sse_multiplexed_and_children_end_with_stream(gateway):
         # One child per stdio target while the session lives.
         during.append(_children(gw.proc.pid))
 
-    _run_sse_client(f"{gw}/sse", body)
+    run_client(f"{gw}/sse", body, sse=True)
     assert len(during) == 1 and len(during[0]) == 2, (
         f"expected 2 stdio children during the session, saw {[(p, _cmdline(p)) for p in during[0]]}"
     )
@@ -182,50 +153,25 @@ def test_python_sdk_sse_multiplexed_and_children_end_with_stream(gateway):
         res = await _step("tools/call demo_add", s.call_tool("demo_add", {"a": 1, "b": 2}))
         assert "3" in _text_of(res.content), res
 
-    _run_sse_client(f"{gw}/sse", again)
+    run_client(f"{gw}/sse", again, sse=True)
     _wait_no_children(gw.proc.pid)
 
 
 # ---------------------------------------------------------------- Inspector CLI
 
 
-def inspector_sse(url: str, *args: str) -> Any:
-    argv = [str(NODE22), "index.js", url, "--transport", "sse", *args]
-    try:
-        p = subprocess.run(
-            argv,
-            cwd=INSPECTOR_CLI_BUILD,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CALL_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError(
-            f"inspector-cli (sse) {' '.join(args)} hung for {CALL_TIMEOUT_S} s\n"
-            f"stdout: {e.stdout!r}\nstderr: {e.stderr!r}"
-        ) from e
-    assert p.returncode == 0, (
-        f"inspector-cli (sse) {' '.join(args)} exited {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
-    )
-    try:
-        return json.loads(p.stdout)
-    except json.JSONDecodeError as e:
-        raise AssertionError(f"inspector-cli (sse) {' '.join(args)} printed no JSON:\n{p.stdout}\n{p.stderr}") from e
-
-
 def test_inspector_cli_sse_single_target(gateway):
     gw = gateway(single_target_config(demo_target()))
     url = f"{gw}/sse"
-    out = inspector_sse(url, "--method", "tools/list")
+    out = inspector_cli(url, "--method", "tools/list", transport="sse")
     names = [t["name"] for t in out["tools"]]
     assert {"echo", "add", "slow"} <= set(names), names
 
-    out = inspector_sse(url, "--method", "tools/call", "--tool-name", "echo", "--tool-arg", "message=hi-sse")
+    out = inspector_cli(url, "--method", "tools/call", "--tool-name", "echo", "--tool-arg", "message=hi-sse", transport="sse")
     assert not out.get("isError"), out
     assert [c["text"] for c in out["content"] if c["type"] == "text"] == ["hi-sse"], out
 
-    out = inspector_sse(url, "--method", "resources/read", "--uri", "demo://readme")
+    out = inspector_cli(url, "--method", "resources/read", "--uri", "demo://readme", transport="sse")
     assert out["contents"] and out["contents"][0]["uri"] == "demo://readme", out
     # Each CLI call was one session; all of them have ended with their streams.
     _wait_no_children(gw.proc.pid)
@@ -234,18 +180,17 @@ def test_inspector_cli_sse_single_target(gateway):
 def test_inspector_cli_sse_multiplexed(gateway):
     gw = gateway(multiplexed())
     url = f"{gw}/sse"
-    out = inspector_sse(url, "--method", "tools/list")
+    out = inspector_cli(url, "--method", "tools/list", transport="sse")
     names = {t["name"] for t in out["tools"]}
     assert {"demo_echo", "demo_add", "everything_echo"} <= names, sorted(names)
 
-    out = inspector_sse(
-        url, "--method", "tools/call", "--tool-name", "everything_echo", "--tool-arg", "message=from-inspector"
-    )
+    out = inspector_cli(
+        url, "--method", "tools/call", "--tool-name", "everything_echo", "--tool-arg", "message=from-inspector", transport="sse")
     assert not out.get("isError"), out
     texts = [c["text"] for c in out["content"] if c["type"] == "text"]
     assert any("from-inspector" in t for t in texts), out
 
-    out = inspector_sse(url, "--method", "tools/call", "--tool-name", "demo_add", "--tool-arg", "a=2", "b=40")
+    out = inspector_cli(url, "--method", "tools/call", "--tool-name", "demo_add", "--tool-arg", "a=2", "b=40", transport="sse")
     texts = [c["text"] for c in out["content"] if c["type"] == "text"]
     assert texts == ["42"], out
     _wait_no_children(gw.proc.pid)

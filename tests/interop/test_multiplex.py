@@ -8,72 +8,20 @@ and the MCP Inspector CLI.  Timeouts as in test_python_sdk.py / test_inspector_c
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any
 
-import anyio
 import mcp.types as types
 from mcp import ClientSession, MCPError
-from mcp.client.streamable_http import streamable_http_client
 
 from conftest import demo_target, everything_target
-from test_inspector_cli import inspector
+from mcp_client import all_tools as _all_tools, by_target, inspector_cli as inspector, run_client as _run_client, step as _step, text_of as _text_of
 
-STEP_TIMEOUT_S = 20.0
 TARGETS = ("demo", "everything", "notes")
-T = TypeVar("T")
 
 
 def three_targets() -> dict[str, Any]:
     """Shorthand config with the three targets (default prefixMode: conditional -> prefixed)."""
     return {"mcp": {"targets": [demo_target("demo"), everything_target("everything"), demo_target("notes")]}}
-
-
-async def _step(what: str, coro: Awaitable[T]) -> T:
-    try:
-        with anyio.fail_after(STEP_TIMEOUT_S):
-            return await coro
-    except TimeoutError as e:
-        raise AssertionError(f"{what}: no answer within {STEP_TIMEOUT_S:.0f} s") from e
-
-
-def _run_client(url: str, body: Callable[[ClientSession], Awaitable[None]], **session_kw: Any) -> None:
-    async def main() -> None:
-        async with streamable_http_client(url) as (read, write):
-            async with ClientSession(read, write, read_timeout_seconds=STEP_TIMEOUT_S, **session_kw) as session:
-                init = await _step("initialize", session.initialize())
-                # One merged server: the gateway's own identity, not one of the targets'.
-                assert init.server_info.name == "mcplex", init.server_info
-                assert init.capabilities.tools is not None, init.capabilities
-                await body(session)
-
-    anyio.run(main)
-
-
-def _text_of(content: list[Any]) -> str:
-    return "\n".join(c.text for c in content if getattr(c, "type", None) == "text")
-
-
-async def _all_tools(s: ClientSession) -> list[types.Tool]:
-    """Every tool, following nextCursor."""
-    out: list[types.Tool] = []
-    cursor = None
-    for _ in range(50):
-        page = await _step("tools/list", s.list_tools(cursor=cursor) if cursor else s.list_tools())
-        out.extend(page.tools)
-        cursor = page.next_cursor
-        if not cursor:
-            return out
-    raise AssertionError("tools/list still paging after 50 pages")
-
-
-def _by_target(names: list[str]) -> dict[str, list[str]]:
-    """Tool names grouped by their target prefix; asserts every name has one."""
-    groups: dict[str, list[str]] = {t: [] for t in TARGETS}
-    for n in names:
-        target, sep, rest = n.partition("_")
-        assert sep and target in groups and rest, f"tool {n!r} has no target prefix"
-        groups[target].append(rest)
-    return groups
 
 
 def test_sdk_sees_three_targets_as_one_server(gateway):
@@ -82,7 +30,7 @@ def test_sdk_sees_three_targets_as_one_server(gateway):
     async def body(s: ClientSession) -> None:
         names = [t.name for t in await _all_tools(s)]
         assert len(names) == len(set(names)), f"a tool is listed twice: {sorted(names)}"
-        groups = _by_target(names)
+        groups = by_target(names, TARGETS)
         for target in TARGETS:
             assert "echo" in groups[target], f"{target}_echo missing: {sorted(names)}"
         assert {"add", "slow", "fail"} <= set(groups["demo"]), groups["demo"]
@@ -212,7 +160,7 @@ def test_inspector_cli_lists_all_three_targets(gateway):
     out = inspector(gw.mcp, "--method", "tools/list")
     names = [t["name"] for t in out["tools"]]
     assert "nextCursor" not in out or not out["nextCursor"], out.get("nextCursor")
-    groups = _by_target(names)
+    groups = by_target(names, TARGETS)
     for target in TARGETS:
         assert "echo" in groups[target], f"{target}_echo missing: {sorted(names)}"
     assert "get-sum" in groups["everything"], groups["everything"]

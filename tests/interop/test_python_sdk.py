@@ -8,39 +8,12 @@ pytest-timeout bounds the whole test.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, TypeVar
 
-import anyio
 from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from conftest import demo_target, everything_target, single_target_config
+from mcp_client import run_client as _run_client, step as _step, text_of as _text_of
 
-STEP_TIMEOUT_S = 20.0
-T = TypeVar("T")
-
-
-async def _step(what: str, coro: Awaitable[T]) -> T:
-    try:
-        with anyio.fail_after(STEP_TIMEOUT_S):
-            return await coro
-    except TimeoutError as e:
-        raise AssertionError(f"{what}: no answer within {STEP_TIMEOUT_S:.0f} s") from e
-
-
-def _run_client(url: str, body: Callable[[ClientSession], Awaitable[None]]) -> None:
-    async def main() -> None:
-        async with streamable_http_client(url) as (read, write):
-            async with ClientSession(read, write, read_timeout_seconds=STEP_TIMEOUT_S) as session:
-                init = await _step("initialize", session.initialize())
-                assert init.server_info.name, init
-                await body(session)
-
-    anyio.run(main)
-
-
-def _text_of(content: list[Any]) -> str:
-    return "\n".join(c.text for c in content if getattr(c, "type", None) == "text")
 
 
 def test_everything_through_gateway(gateway):

@@ -27,7 +27,6 @@ import urllib.request
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, TypeVar
 
 import anyio
 import httpx2
@@ -37,6 +36,7 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 from conftest import REPO_ROOT, demo_target, free_port
+from mcp_client import step as _step, text_of as _text_of
 
 NGINX_CONF = REPO_ROOT / "config" / "nginx" / "mcplex.conf"
 SETUP_SH = REPO_ROOT / "tests" / "interop" / "scale" / "setup.sh"
@@ -47,7 +47,6 @@ STEP_TIMEOUT_S = 20.0
 # How long a call on a dead instance's session may take to fail (legacy clients notice only
 # when their stream ends or a POST is refused).
 DEAD_CALL_TIMEOUT_S = 10.0
-T = TypeVar("T")
 
 
 def nginx_bin() -> str:
@@ -119,18 +118,6 @@ def metric(text: str, name: str) -> float:
     m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     assert m, f"{name} missing from /metrics:\n{text}"
     return float(m.group(1))
-
-
-async def _step(what: str, coro: Awaitable[T]) -> T:
-    try:
-        with anyio.fail_after(STEP_TIMEOUT_S):
-            return await coro
-    except TimeoutError as e:
-        raise AssertionError(f"{what}: no answer within {STEP_TIMEOUT_S:.0f} s") from e
-
-
-def _text_of(content: list[Any]) -> str:
-    return "\n".join(c.text for c in content if getattr(c, "type", None) == "text")
 
 
 @dataclass
