@@ -28,8 +28,8 @@ pub struct Exchange {
     pub batch: bool,
     /// The response became an SSE stream (something had to be sent before the answer).
     pub streaming: bool,
-    /// Answers gathered for a JSON-mode reply.
-    pub collected: Vec<Value>,
+    /// Answers gathered for a JSON-mode reply, each already serialized.
+    pub collected: Vec<String>,
     /// `Mcp-Session-Id` to put on the reply (set by `initialize`).
     pub session_header: Option<String>,
     /// The request asked to close the connection afterwards.
@@ -114,8 +114,7 @@ impl Conn {
     /// a `WouldBlock` read per event; the caller passes false when the event also reported the
     /// peer's close, which only a read of 0 bytes would surface.
     pub fn read(&mut self, limit: usize, short_read_drains: bool) -> ReadResult {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
+        crate::scratch::with(|buf| loop {
             if self.rbuf.len() >= limit {
                 self.paused = true;
                 return ReadResult::Full;
@@ -147,7 +146,7 @@ impl Conn {
                     return ReadResult::Closed;
                 }
             }
-        }
+        })
     }
 
     /// Writes buffered bytes until done or `WouldBlock`. Err: the peer is gone.
@@ -225,10 +224,21 @@ impl Conn {
         body: &Value,
         keep_alive: bool,
     ) {
+        let text = serde_json::to_string(body).unwrap_or_default();
+        self.respond_json_text(status, extra, &text, keep_alive);
+    }
+
+    /// Queues a JSON response whose body is already serialized.
+    pub fn respond_json_text(
+        &mut self,
+        status: u16,
+        extra: &[(&str, &str)],
+        text: &str,
+        keep_alive: bool,
+    ) {
         let mut headers = vec![("Content-Type", "application/json")];
         headers.extend_from_slice(extra);
-        let bytes = serde_json::to_vec(body).unwrap_or_default();
-        self.respond(status, &headers, &bytes, keep_alive);
+        self.respond(status, &headers, text.as_bytes(), keep_alive);
     }
 
     /// Starts an SSE response (chunked for HTTP/1.1 peers, close-delimited for HTTP/1.0).
@@ -284,9 +294,13 @@ impl Conn {
 
     /// Queues one `event: message` carrying a JSON-RPC message.
     pub fn sse_message(&mut self, msg: &Value) {
-        let data = serde_json::to_string(msg).unwrap_or_default();
+        self.sse_json(&serde_json::to_string(msg).unwrap_or_default());
+    }
+
+    /// Queues one already-serialized JSON-RPC message as an SSE `message` event.
+    pub fn sse_json(&mut self, data: &str) {
         let mut ev = Vec::with_capacity(data.len() + 24);
-        sse::encode(&mut ev, Some("message"), None, &data);
+        sse::encode(&mut ev, Some("message"), None, data);
         self.stream_bytes(&ev);
     }
 

@@ -9,6 +9,7 @@ use crate::config::{
 use crate::downstream::{AccessEntry, Conn, ConnState, Exchange, ReadResult};
 use crate::http::parse::{expects_continue, parse_request, Limits as HttpLimits, Request};
 use crate::http::Status;
+use crate::idmap::IdMap;
 use crate::jsonrpc::{self, Kind};
 use crate::log::short_id;
 use crate::mcp;
@@ -27,6 +28,8 @@ use crate::{log, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use rustls::pki_types::ServerName;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io;
@@ -73,7 +76,7 @@ enum Owner {
 /// Lends the loop's `Poll` and token table to an HTTP target so it can open connections.
 struct Reg<'a> {
     registry: &'a mio::Registry,
-    owners: &'a mut HashMap<Token, Owner>,
+    owners: &'a mut IdMap<Token, Owner>,
     next_token: &'a mut usize,
     owner: Owner,
 }
@@ -110,10 +113,10 @@ pub struct Gateway {
     cfg: Config,
     listeners: Vec<Option<TcpListener>>,
     pub local_addrs: Vec<SocketAddr>,
-    owners: HashMap<Token, Owner>,
+    owners: IdMap<Token, Owner>,
     next_token: usize,
-    conns: HashMap<usize, Conn>,
-    sessions: HashMap<u64, Session>,
+    conns: IdMap<usize, Conn>,
+    sessions: IdMap<u64, Session>,
     session_ids: HashMap<String, u64>,
     next_session: u64,
     timers: Timers<Timer>,
@@ -124,7 +127,7 @@ pub struct Gateway {
     http_limits: HttpLimits,
     read_limit: usize,
     /// HTTP targets of ended sessions, finishing their DELETE; dropped at the deadline.
-    retired: HashMap<u64, (HttpTarget, Instant)>,
+    retired: IdMap<u64, (HttpTarget, Instant)>,
     next_retired: u64,
     /// Verified TLS settings for https:// upstreams without a backendTLS policy (built once).
     default_tls: Option<Arc<rustls::ClientConfig>>,
@@ -164,7 +167,7 @@ impl Gateway {
         let mut signals = Signals::install()?;
         poll.registry()
             .register(&mut signals.receiver, SIGNAL_TOKEN, Interest::READABLE)?;
-        let mut owners = HashMap::new();
+        let mut owners = IdMap::default();
         owners.insert(SIGNAL_TOKEN, Owner::Signal);
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
@@ -215,8 +218,8 @@ impl Gateway {
             local_addrs,
             owners,
             next_token,
-            conns: HashMap::new(),
-            sessions: HashMap::new(),
+            conns: IdMap::default(),
+            sessions: IdMap::default(),
             session_ids: HashMap::new(),
             next_session: 1,
             timers,
@@ -225,7 +228,7 @@ impl Gateway {
             wake: Vec::new(),
             http_limits,
             read_limit,
-            retired: HashMap::new(),
+            retired: IdMap::default(),
             next_retired: 1,
             default_tls: None,
             accepting: true,
@@ -970,7 +973,7 @@ impl Gateway {
             remaining: requests,
             batch: body.batch,
             streaming: false,
-            collected: errors,
+            collected: errors.iter().map(Value::to_string).collect(),
             session_header: None,
             keep_alive,
         });
@@ -1917,18 +1920,15 @@ impl Gateway {
     fn try_send(&mut self, sk: u64, t: usize, msg: &Value) -> Result<(), String> {
         let s = self.sessions.get_mut(&sk).ok_or("session ended")?;
         let slot = s.targets.get_mut(t).ok_or("no such target")?;
-        let name = slot.name.clone();
         if slot.http.is_some() {
             let sent = self.with_http(sk, t, |http, reg, events| http.send(reg, msg, events));
-            return sent.unwrap_or_else(|| Err(format!("target {name} is not running")));
+            return sent.unwrap_or_else(|| Err("target is not running".into()));
         }
-        let child = slot
-            .child
-            .as_mut()
-            .ok_or_else(|| format!("target {name} is not running"))?;
-        let bytes = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
-        if let Err(e) = child.send(&bytes) {
-            let why = format!("cannot write to target {name}: {e}");
+        let Some(child) = slot.child.as_mut() else {
+            return Err(format!("target {} is not running", slot.name));
+        };
+        if let Err(e) = child.send_json(msg) {
+            let why = format!("cannot write to target {}: {e}", slot.name);
             self.target_failed(sk, t, &why);
             return Err(why);
         }
@@ -2235,20 +2235,20 @@ impl Gateway {
     /// Delivers one answer to the POST that asked for it.
     fn reply(&mut self, conn: Option<usize>, msg: Value) {
         if let Some(id) = conn {
-            self.settle(id, Some(msg));
+            self.settle(id, Some(msg.to_string()));
         }
     }
 
     /// Accounts for one answer (or a cancelled request) of a POST; ends the POST's response
     /// when it was the last.
-    fn settle(&mut self, id: usize, msg: Option<Value>) {
+    fn settle(&mut self, id: usize, msg: Option<String>) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
         if let ConnState::Stream { .. } = c.state {
             // A legacy session: answers travel on its stream like everything else.
             if let Some(m) = msg {
-                c.sse_message(&m);
+                c.sse_json(&m);
                 c.last_write = Instant::now();
                 if c.flush().is_err() || c.unwritten() > MAX_UNWRITTEN {
                     self.close_conn(id);
@@ -2261,7 +2261,7 @@ impl Gateway {
         };
         if let Some(m) = msg {
             if ex.streaming {
-                c.sse_message(&m);
+                c.sse_json(&m);
             } else {
                 ex.collected.push(m);
             }
@@ -2291,9 +2291,12 @@ impl Gateway {
             match (ex.batch, collected.len()) {
                 (_, 0) => c.respond(202, &headers, b"", ex.keep_alive),
                 (false, _) => {
-                    c.respond_json(200, &headers, &collected.swap_remove(0), ex.keep_alive)
+                    c.respond_json_text(200, &headers, &collected.swap_remove(0), ex.keep_alive)
                 }
-                (true, _) => c.respond_json(200, &headers, &Value::Array(collected), ex.keep_alive),
+                (true, _) => {
+                    let array = format!("[{}]", collected.join(","));
+                    c.respond_json_text(200, &headers, &array, ex.keep_alive)
+                }
             }
         }
         self.wake.push(id);
@@ -2360,6 +2363,9 @@ impl Gateway {
     }
 
     fn target_line(&mut self, sk: u64, t: usize, line: &[u8]) {
+        if self.relay_answer(sk, line) {
+            return;
+        }
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
         };
@@ -2374,6 +2380,64 @@ impl Gateway {
                 );
             }
         }
+    }
+
+    /// The common case without a `Value` tree: a successful answer to a call forwarded to one
+    /// target, whose result needs no rewriting, is the client's id spliced in front of the
+    /// target's `result` text. Returns false (nothing done) for anything else, which then takes
+    /// the general path.
+    fn relay_answer(&mut self, sk: u64, line: &[u8]) -> bool {
+        /// Exactly a JSON-RPC success answer with a gateway-assigned id; anything more (an
+        /// `error`, a `method`, a duplicate key) fails to parse and goes the general way.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Answer<'a> {
+            jsonrpc: &'a str,
+            id: u64,
+            #[serde(borrow)]
+            result: &'a RawValue,
+        }
+        let Ok(a) = serde_json::from_slice::<Answer>(line) else {
+            return false;
+        };
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return false;
+        };
+        let Some(&cid) = s.upstream.get(&a.id) else {
+            return false;
+        };
+        let plain = |c: &Call| {
+            c.kind == CallKind::Forward
+                && c.parts.len() == 1
+                && c.exhaust.is_none()
+                // Only `uri` fields are ever rewritten (see aggregate::prefix_result_uris).
+                && (!s.naming.prefixed || !a.result.get().contains("\"uri\""))
+        };
+        if a.jsonrpc != "2.0" || !s.calls.get(&cid).is_some_and(plain) {
+            return false;
+        }
+        s.upstream.remove(&a.id);
+        let Some(call) = s.calls.remove(&cid) else {
+            return false;
+        };
+        s.by_client_id.remove(&jsonrpc::id_key(&call.client_id));
+        let label = call
+            .parts
+            .first()
+            .and_then(|(t, _, _)| s.targets.get(*t))
+            .map_or(s.metric_all, |x| x.metric);
+        metrics::with(|m| m.request(&call.method, label, Outcome::Ok, call.started.elapsed()));
+        if let Some(conn) = call.conn {
+            let result = a.result.get();
+            let mut text = String::with_capacity(result.len() + 48);
+            text.push_str(r#"{"jsonrpc":"2.0","id":"#);
+            text.push_str(&call.client_id.to_string());
+            text.push_str(r#","result":"#);
+            text.push_str(result);
+            text.push('}');
+            self.settle(conn, Some(text));
+        }
+        true
     }
 
     /// One JSON-RPC message from a target, whatever its transport.
@@ -2502,7 +2566,7 @@ impl Gateway {
                     let chunked = c.chunked;
                     c.start_sse(&headers, chunked);
                     for m in &collected {
-                        c.sse_message(m);
+                        c.sse_json(m);
                     }
                 }
                 c.sse_message(&msg);

@@ -1,8 +1,8 @@
 //! mcplex: a single-threaded MCP gateway.
 //!
 //! Layers, top to bottom (nothing imports upward):
-//! `event_loop` -> `downstream` -> `mcp` -> `upstream` -> `http`, `jsonrpc` -> `buffer`, `config`,
-//! `timer`, `token`. The codecs (`http`, `jsonrpc`, `config`) are pure and public so that `tests/`
+//! `event_loop` -> `downstream` -> `mcp` -> `upstream` -> `transport`, `tls` -> `http`, `jsonrpc`
+//! -> `config`, `timer`, `scratch`, `idmap`, `metrics`, `log`. The codecs (`http`, `jsonrpc`, `config`) are pure and public so that `tests/`
 //! and `fuzz/` can reach them.
 #![forbid(unsafe_code)]
 
@@ -10,10 +10,12 @@ pub mod config;
 pub mod downstream;
 pub mod event_loop;
 pub mod http;
+pub mod idmap;
 pub mod jsonrpc;
 pub mod log;
 pub mod mcp;
 pub mod metrics;
+pub mod scratch;
 pub mod signals;
 pub mod timer;
 pub mod tls;

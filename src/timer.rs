@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 pub struct Timers<K> {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
-    kinds: std::collections::HashMap<u64, K>,
+    kinds: crate::idmap::IdMap<u64, K>,
     seq: u64,
 }
 
@@ -15,7 +15,7 @@ impl<K> Default for Timers<K> {
     fn default() -> Self {
         Timers {
             heap: BinaryHeap::new(),
-            kinds: std::collections::HashMap::new(),
+            kinds: crate::idmap::IdMap::default(),
             seq: 0,
         }
     }

@@ -77,64 +77,65 @@ impl Transport {
     /// bytes (then `Io::More`: the caller must consume and call again, since edge-triggered
     /// readiness will not repeat for bytes already waiting).
     pub fn read(&mut self, out: &mut Vec<u8>, limit: usize) -> Io {
-        let mut buf = [0u8; 16 * 1024];
-        match self.tls.as_mut() {
-            None => loop {
-                if out.len() >= limit {
-                    return Io::More;
-                }
-                match self.sock.read(&mut buf) {
-                    Ok(0) => return Io::Closed,
-                    Ok(n) => out.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Io::WouldBlock,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Io::Error(describe(&e)),
-                }
-            },
-            Some(tls) => loop {
-                let mut eof = false;
-                let mut drained = false;
-                match tls.read_tls(&mut self.sock) {
-                    Ok(0) => eof = true,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => drained = true,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => return Io::Error(describe(&e)),
-                }
-                if let Err(e) = tls.process_new_packets() {
-                    // Send the alert that explains the failure, then give up.
-                    let _ = tls.write_tls(&mut self.sock);
-                    return Io::Error(format!("TLS error: {e}"));
-                }
-                loop {
+        crate::scratch::with(|buf| {
+            match self.tls.as_mut() {
+                None => loop {
                     if out.len() >= limit {
                         return Io::More;
                     }
-                    match tls.reader().read(&mut buf) {
+                    match self.sock.read(buf) {
                         Ok(0) => return Io::Closed,
                         Ok(n) => out.extend_from_slice(&buf[..n]),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Io::Closed,
-                        Err(e) => return Io::Error(describe(&e)),
-                    }
-                }
-                // Handshake messages may need an answer before more data comes.
-                while tls.wants_write() {
-                    match tls.write_tls(&mut self.sock) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => return Io::WouldBlock,
                         Err(e) if e.kind() == ErrorKind::Interrupted => {}
                         Err(e) => return Io::Error(describe(&e)),
                     }
-                }
-                if eof {
-                    return Io::Closed;
-                }
-                if drained {
-                    return Io::WouldBlock;
-                }
-            },
-        }
+                },
+                Some(tls) => loop {
+                    let mut eof = false;
+                    let mut drained = false;
+                    match tls.read_tls(&mut self.sock) {
+                        Ok(0) => eof = true,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => drained = true,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(e) => return Io::Error(describe(&e)),
+                    }
+                    if let Err(e) = tls.process_new_packets() {
+                        // Send the alert that explains the failure, then give up.
+                        let _ = tls.write_tls(&mut self.sock);
+                        return Io::Error(format!("TLS error: {e}"));
+                    }
+                    loop {
+                        if out.len() >= limit {
+                            return Io::More;
+                        }
+                        match tls.reader().read(buf) {
+                            Ok(0) => return Io::Closed,
+                            Ok(n) => out.extend_from_slice(&buf[..n]),
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Io::Closed,
+                            Err(e) => return Io::Error(describe(&e)),
+                        }
+                    }
+                    // Handshake messages may need an answer before more data comes.
+                    while tls.wants_write() {
+                        match tls.write_tls(&mut self.sock) {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                            Err(e) => return Io::Error(describe(&e)),
+                        }
+                    }
+                    if eof {
+                        return Io::Closed;
+                    }
+                    if drained {
+                        return Io::WouldBlock;
+                    }
+                },
+            }
+        })
     }
 
     /// Writes `pending[*pos..]` (advancing `pos`), plus any TLS records rustls holds.

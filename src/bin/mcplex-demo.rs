@@ -81,7 +81,9 @@ const USAGE: &str = "usage: mcplex-demo [stdio] [LIST OPTIONS]\n       \
     stdio (default)    MCP over stdin/stdout, one JSON-RPC message per line\n\
     --http             MCP streamable HTTP on http://HOST:PORT/mcp\n\
     --host HOST        address to bind (default 127.0.0.1)\n\
-    --port PORT        port to bind (default 3001; 0 picks a free port)\n\n\
+    --port PORT        port to bind (default 3001; 0 picks a free port)\n\
+    --no-streams       refuse GET streams (405) and close every connection after its\n\
+                       response, so that no connection outlives a request\n\n\
     list options (for testing clients and gateways that page through lists):\n\
     --page-size N      answer every */list N items at a time, with nextCursor\n\
     --extra-tools N    also offer tools extra_1 .. extra_N (each returns its own name)\n";
@@ -105,7 +107,11 @@ fn list_options() -> ListOptions {
 
 enum Mode {
     Stdio,
-    Http { host: String, port: u16 },
+    Http {
+        host: String,
+        port: u16,
+        no_streams: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -116,7 +122,11 @@ fn main() -> ExitCode {
     }
     match parse_args(&args) {
         Ok(Mode::Stdio) => run_stdio(),
-        Ok(Mode::Http { host, port }) => run_http(&host, port),
+        Ok(Mode::Http {
+            host,
+            port,
+            no_streams,
+        }) => run_http(&host, port, no_streams),
         Err(msg) => {
             eprintln!("mcplex-demo: {msg}\n{USAGE}");
             ExitCode::from(2)
@@ -129,6 +139,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
     let mut http = false;
     let mut host = None;
     let mut port = None;
+    let mut no_streams = false;
     let mut lists = ListOptions::default();
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
@@ -144,6 +155,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
         match flag {
             "stdio" | "--stdio" => stdio = true,
             "--http" => http = true,
+            "--no-streams" => no_streams = true,
             "--host" => host = Some(value("--host")?),
             "--port" => {
                 let v = value("--port")?;
@@ -164,13 +176,14 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
     let _ = LIST_OPTIONS.set(lists);
     match (stdio, http) {
         (true, true) => Err("choose either stdio or --http".into()),
-        (_, false) if host.is_some() || port.is_some() => {
-            Err("--host and --port only apply with --http".into())
+        (_, false) if host.is_some() || port.is_some() || no_streams => {
+            Err("--host, --port and --no-streams only apply with --http".into())
         }
         (_, false) => Ok(Mode::Stdio),
         (false, true) => Ok(Mode::Http {
             host: host.unwrap_or_else(|| "127.0.0.1".into()),
             port: port.unwrap_or(3001),
+            no_streams,
         }),
     }
 }
@@ -1414,7 +1427,10 @@ fn stdio_request(
     let cancelled = session.begin_request(&id);
     // The closure takes the id; keep a copy to report a failed spawn.
     let id_copy = id.clone();
-    let inline = method != "tools/call";
+    // Tools that answer at once (no sleeping, no questions to the client) run
+    // inline too: a thread per call would make the demo, not the gateway in front
+    // of it, the cost a benchmark measures.
+    let inline = method != "tools/call" || is_instant_tool(&params);
     let run = {
         let session = Arc::clone(session);
         move || {
@@ -1446,11 +1462,19 @@ fn stdio_request(
     }
 }
 
+/// Whether a `tools/call` names a tool that neither waits nor asks the client.
+fn is_instant_tool(params: &Value) -> bool {
+    matches!(
+        params.get("name").and_then(Value::as_str),
+        Some("echo" | "add" | "fail" | "test_simple_text" | "test_error_handling")
+    )
+}
+
 // ---------------------------------------------------------------------------
 // HTTP transport
 // ---------------------------------------------------------------------------
 
-fn run_http(host: &str, port: u16) -> ExitCode {
+fn run_http(host: &str, port: u16, no_streams: bool) -> ExitCode {
     let listener = match TcpListener::bind((host, port)) {
         Ok(listener) => listener,
         Err(e) => {
@@ -1462,7 +1486,7 @@ fn run_http(host: &str, port: u16) -> ExitCode {
         Ok(addr) => eprintln!("mcplex-demo: listening on http://{addr}/mcp"),
         Err(_) => eprintln!("mcplex-demo: listening on http://{host}:{port}/mcp"),
     }
-    let server = Arc::new(HttpServer::new(host));
+    let server = Arc::new(HttpServer::new(host, no_streams));
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
@@ -1488,6 +1512,8 @@ struct HttpServer {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// A non-loopback `--host` the user bound to explicitly is trusted too.
     bound_host: Option<String>,
+    /// `--no-streams`: GET is refused and no connection is kept alive.
+    no_streams: bool,
 }
 
 /// Why a request could not be read; `Status` is answered before closing.
@@ -1839,7 +1865,7 @@ fn new_session_id() -> String {
 }
 
 impl HttpServer {
-    fn new(host: &str) -> Self {
+    fn new(host: &str, no_streams: bool) -> Self {
         let host = host.trim().to_ascii_lowercase();
         let bound_host = match host.as_str() {
             "0.0.0.0" | "::" | "[::]" => None,
@@ -1849,6 +1875,7 @@ impl HttpServer {
         HttpServer {
             sessions: Mutex::new(HashMap::new()),
             bound_host,
+            no_streams,
         }
     }
 
@@ -1881,7 +1908,7 @@ impl HttpServer {
             };
             let reply = Reply {
                 stream: &conn.stream,
-                keep_alive: request.keep_alive(),
+                keep_alive: request.keep_alive() && !self.no_streams,
                 session_id: None,
             };
             match self.route(reply, &request) {
@@ -1927,6 +1954,12 @@ impl HttpServer {
         }
         match request.method.as_str() {
             "POST" => self.handle_post(reply, request),
+            "GET" if self.no_streams => reply.send(
+                405,
+                &[("Allow", "POST, DELETE")],
+                Some("text/plain"),
+                b"Method Not Allowed: this server offers no GET stream\n",
+            ),
             "GET" => self.handle_get(reply, request),
             "DELETE" => self.handle_delete(reply, request),
             _ => reply.send(

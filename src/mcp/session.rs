@@ -3,6 +3,7 @@
 
 use super::route::Naming;
 use crate::config::{BackendTls, McpBackend};
+use crate::idmap::IdMap;
 use crate::upstream::http::HttpTarget;
 use crate::upstream::stdio::StdioChild;
 use mio::Token;
@@ -87,13 +88,13 @@ pub struct Session {
     pub version: String,
     /// The client's `initialize` params, passed on to every target.
     pub init_params: Value,
-    pub calls: HashMap<u64, Call>,
+    pub calls: IdMap<u64, Call>,
     /// Upstream request id -> call id. Ids are unique within the session across targets.
-    pub upstream: HashMap<u64, u64>,
+    pub upstream: IdMap<u64, u64>,
     /// Client request id key (`jsonrpc::id_key`) -> call id, for cancellation.
     pub by_client_id: HashMap<String, u64>,
     /// Id given to the client for a server-to-client request -> (target, the target's own id).
-    pub server_requests: HashMap<u64, (usize, Value)>,
+    pub server_requests: IdMap<u64, (usize, Value)>,
     pub get_stream: Option<usize>,
     pub backlog: VecDeque<Value>,
     pub next_id: u64,
@@ -122,10 +123,10 @@ impl Session {
             phase: Phase::Initializing,
             version: super::LATEST_VERSION.to_string(),
             init_params,
-            calls: HashMap::new(),
-            upstream: HashMap::new(),
+            calls: IdMap::default(),
+            upstream: IdMap::default(),
             by_client_id: HashMap::new(),
-            server_requests: HashMap::new(),
+            server_requests: IdMap::default(),
             get_stream: None,
             backlog: VecDeque::new(),
             next_id: 1,

@@ -10,13 +10,14 @@
 use crate::config::Url;
 use crate::http::client::{parse_response_head, write_request, BodyDecoder, ResponseHead};
 use crate::http::{sse, Status};
+use crate::idmap::IdMap;
 use crate::transport::{Io, Transport};
 use mio::net::TcpStream;
 use mio::Token;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde_json::Value;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -138,7 +139,7 @@ pub struct HttpTarget {
     url: Url,
     flavor: Flavor,
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
-    conns: HashMap<Token, Conn>,
+    conns: IdMap<Token, Conn>,
     queue: VecDeque<Outgoing>,
     session_id: Option<String>,
     protocol_version: Option<String>,
@@ -167,7 +168,7 @@ impl HttpTarget {
             url: url.clone(),
             flavor,
             tls,
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             queue: VecDeque::new(),
             session_id: None,
             protocol_version: None,

@@ -89,6 +89,21 @@ impl StdioChild {
         self.flush()
     }
 
+    /// Queues one JSON message (serialized straight into the queue) and writes what it can.
+    pub fn send_json(&mut self, msg: &serde_json::Value) -> io::Result<()> {
+        if self.stdin.is_none() {
+            return Err(io::Error::new(ErrorKind::BrokenPipe, "stdin closed"));
+        }
+        let before = self.out.len();
+        serde_json::to_writer(&mut self.out, msg)?;
+        if self.out.len() - self.out_pos > MAX_STDIN_BACKLOG {
+            self.out.truncate(before);
+            return Err(io::Error::other("child is not reading its stdin"));
+        }
+        self.out.push(b'\n');
+        self.flush()
+    }
+
     /// Writes queued bytes until done or `WouldBlock`.
     pub fn flush(&mut self) -> io::Result<()> {
         let Some(stdin) = self.stdin.as_mut() else {
@@ -160,9 +175,8 @@ fn read_lines(
     short_read_drains: bool,
     on_line: &mut dyn FnMut(&[u8]),
 ) -> ReadOutcome {
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match pipe.read(&mut buf) {
+    crate::scratch::with(|buf| loop {
+        match pipe.read(buf) {
             Ok(0) => {
                 if !line.is_empty() {
                     on_line(line);
@@ -202,5 +216,5 @@ fn read_lines(
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(_) => return ReadOutcome::Eof,
         }
-    }
+    })
 }

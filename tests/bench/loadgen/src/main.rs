@@ -21,6 +21,9 @@ usage:
   loadgen call  --url URL [--sessions K] [--seconds S] [--tool echo|add] [--sse] [--cpu-pid PID] [--id ID]
   loadgen list  --url URL [--sessions K] [--seconds S] [--sse] [--cpu-pid PID] [--id ID]
                       closed loop of tools/call (call) or tools/list (list), one thread per session
+  loadgen call  [--sessions K] [--seconds S] [--tool echo|add] [--id ID] -- CMD [ARGS...]
+                      the same over stdio: each session spawns CMD and talks to it over pipes
+                      (the direct path that a gateway's stdio relay adds to)
   loadgen hold  --url URL --sessions N [--id ID]
                       opens N sessions (one connection each), prints a line, holds them until
                       stdin closes, then DELETEs them
@@ -181,7 +184,11 @@ fn round(x: f64, places: i32) -> f64 {
 /// The closed-loop load run: K sessions, each on its own thread and connection, send the next
 /// request as soon as the previous answer arrives.
 fn load(mode: &str, opts: &Opts) -> Result<bool, String> {
-    let url = opts.url()?;
+    // With a command after `--`, each session spawns it and speaks stdio: no URL.
+    let url = match opts.command.is_empty() {
+        true => Some(opts.url()?),
+        false => None,
+    };
     let transport = opts.transport();
     let sessions: usize = opts.num("sessions", 1)?;
     let seconds: f64 = opts.num("seconds", 5.0)?;
@@ -211,11 +218,15 @@ fn load(mode: &str, opts: &Opts) -> Result<bool, String> {
     let mut threads = Vec::new();
     for _ in 0..sessions {
         let (url, ready, params) = (url.clone(), Arc::clone(&ready), params.clone());
+        let cmd = opts.command.clone();
         let spawned = thread::Builder::new()
             .stack_size(256 * 1024)
             .spawn(move || {
                 let mut tally = Tally::default();
-                let session = Session::open(&url, transport, REQUEST_TIMEOUT);
+                let session = match &url {
+                    Some(url) => Session::open(url, transport, REQUEST_TIMEOUT),
+                    None => Session::spawn(&cmd),
+                };
                 ready.wait();
                 let mut session = match session {
                     Ok(s) => s,
@@ -276,7 +287,11 @@ fn load(mode: &str, opts: &Opts) -> Result<bool, String> {
     let mut out = json!({
         "id": opts.get("id"),
         "mode": mode,
-        "transport": if transport == Transport::LegacySse { "sse" } else { "streamable" },
+        "transport": match (&url, transport) {
+            (None, _) => "stdio",
+            (_, Transport::LegacySse) => "sse",
+            _ => "streamable",
+        },
         "url": opts.get("url"),
         "sessions": sessions,
         "seconds": round(elapsed, 3),

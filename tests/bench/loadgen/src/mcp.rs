@@ -1,9 +1,11 @@
-//! MCP client sessions over streamable HTTP and legacy HTTP+SSE, blocking, one request at a
-//! time. Every failure is returned as a message, never a panic: the benchmark counts it.
+//! MCP client sessions over streamable HTTP, legacy HTTP+SSE and stdio (a server spawned as a
+//! child: the direct path a gateway's stdio relay is compared with), blocking, one request at
+//! a time. Every failure is returned as a message, never a panic: the benchmark counts it.
 
 use crate::http::{self, Body, Conn, Url};
 use serde_json::{json, Value};
-use std::io::{self, BufReader};
+use std::io::{self, BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio as Piped};
 use std::time::Duration;
 
 const PROTOCOL_VERSION: &str = "2025-06-18";
@@ -17,12 +19,36 @@ pub enum Transport {
 pub enum Session {
     Streamable(Streamable),
     Legacy(Legacy),
+    Stdio(StdioServer),
 }
 
 impl Session {
+    /// Spawns `cmd` as a stdio MCP server and opens a session with it.
+    pub fn spawn(cmd: &[String]) -> Result<Session, String> {
+        let (prog, args) = cmd.split_first().ok_or("no command given")?;
+        let mut child = Command::new(prog)
+            .args(args)
+            .stdin(Piped::piped())
+            .stdout(Piped::piped())
+            .stderr(Piped::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {prog}: {e}"))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("the child has no pipes".into());
+        };
+        let server = StdioServer {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+            line: String::new(),
+            next_id: 0,
+        };
+        Session::Stdio(server).handshake()
+    }
+
     /// Opens a session: `initialize`, then `notifications/initialized`.
     pub fn open(url: &Url, transport: Transport, timeout: Duration) -> Result<Session, String> {
-        let mut session = match transport {
+        let session = match transport {
             Transport::Streamable => Session::Streamable(Streamable {
                 url: url.clone(),
                 conn: None,
@@ -33,6 +59,11 @@ impl Session {
             }),
             Transport::LegacySse => Session::Legacy(Legacy::connect(url, timeout)?),
         };
+        session.handshake()
+    }
+
+    fn handshake(mut self) -> Result<Session, String> {
+        let session = &mut self;
         let params = json!({
             "protocolVersion": PROTOCOL_VERSION,
             "capabilities": {},
@@ -43,14 +74,14 @@ impl Session {
             .get("protocolVersion")
             .and_then(Value::as_str)
             .map(str::to_string);
-        if let Session::Streamable(s) = &mut session {
+        if let Session::Streamable(s) = session {
             if s.session_id.is_none() {
                 return Err("initialize answered without an Mcp-Session-Id".into());
             }
             s.protocol = version;
         }
         session.notify("notifications/initialized")?;
-        Ok(session)
+        Ok(self)
     }
 
     /// Sends a request and returns its `result`; a JSON-RPC error becomes `Err`.
@@ -58,12 +89,14 @@ impl Session {
         let id = match self {
             Session::Streamable(s) => s.bump_id(),
             Session::Legacy(s) => s.bump_id(),
+            Session::Stdio(s) => s.bump_id(),
         };
         let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let body = msg.to_string();
         let answer = match self {
             Session::Streamable(s) => s.post(body.as_bytes(), Some(id))?,
             Session::Legacy(s) => s.post_and_wait(body.as_bytes(), Some(id))?,
+            Session::Stdio(s) => s.exchange(&body, Some(id))?,
         };
         let answer = answer.ok_or_else(|| format!("{method}: no answer"))?;
         if let Some(err) = answer.get("error") {
@@ -80,6 +113,7 @@ impl Session {
         match self {
             Session::Streamable(s) => s.post(body.as_bytes(), None).map(|_| ()),
             Session::Legacy(s) => s.post_and_wait(body.as_bytes(), None).map(|_| ()),
+            Session::Stdio(s) => s.exchange(&body, None).map(|_| ()),
         }
     }
 
@@ -88,6 +122,55 @@ impl Session {
         match self {
             Session::Streamable(mut s) => s.delete(),
             Session::Legacy(_) => Ok(()),
+            // Closing stdin is how a stdio client ends the session.
+            Session::Stdio(StdioServer {
+                mut child, stdin, ..
+            }) => {
+                drop(stdin);
+                child
+                    .wait()
+                    .map(|_| ())
+                    .map_err(|e| io_err("waiting for the server", e))
+            }
+        }
+    }
+}
+
+/// A stdio MCP server the load client spawned itself: one line of JSON per message.
+pub struct StdioServer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    line: String,
+    next_id: u64,
+}
+
+impl StdioServer {
+    fn bump_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Writes one message; with an id, reads lines until its answer.
+    fn exchange(&mut self, body: &str, id: Option<u64>) -> Result<Option<Value>, String> {
+        let mut out = Vec::with_capacity(body.len() + 1);
+        out.extend_from_slice(body.as_bytes());
+        out.push(b'\n');
+        self.stdin
+            .write_all(&out)
+            .map_err(|e| io_err("writing to the server", e))?;
+        let Some(id) = id else { return Ok(None) };
+        loop {
+            self.line.clear();
+            match self.stdout.read_line(&mut self.line) {
+                Ok(0) => return Err("the server closed its stdout".into()),
+                Ok(_) => {
+                    if let Some(a) = answer_for(parse_json(self.line.trim().as_bytes())?, id) {
+                        return Ok(Some(a));
+                    }
+                }
+                Err(e) => return Err(io_err("reading from the server", e)),
+            }
         }
     }
 }
