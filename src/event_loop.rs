@@ -28,8 +28,6 @@ use crate::{log, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use rustls::pki_types::ServerName;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io;
@@ -89,6 +87,14 @@ impl Registrar for Reg<'_> {
             .register(sock, token, Interest::READABLE | Interest::WRITABLE)?;
         self.owners.insert(token, self.owner);
         Ok(token)
+    }
+
+    fn reregister(&mut self, sock: &mut TcpStream, token: Token, writable: bool) -> io::Result<()> {
+        let interest = match writable {
+            true => Interest::READABLE | Interest::WRITABLE,
+            false => Interest::READABLE,
+        };
+        self.registry.reregister(sock, token, interest)
     }
 
     fn deregister(&mut self, sock: &mut TcpStream, token: Token) {
@@ -426,8 +432,8 @@ impl Gateway {
                     Owner::ChildIn(sk, t) => self.child_writable(sk, t),
                     Owner::ChildOut(sk, t) => self.child_stdout(sk, t, !closed),
                     Owner::ChildErr(sk, t) => self.child_stderr(sk, t),
-                    Owner::Http(sk, t) => self.http_ready(sk, t, token),
-                    Owner::Retired(rid) => self.retired_ready(rid, token),
+                    Owner::Http(sk, t) => self.http_ready(sk, t, token, closed),
+                    Owner::Retired(rid) => self.retired_ready(rid, token, closed),
                 }
                 self.run_wakes();
             }
@@ -1428,6 +1434,7 @@ impl Gateway {
         for ev in events {
             match ev {
                 UpEvent::Message(m) => self.target_message(sk, t, m),
+                UpEvent::Text(bytes) => self.target_line(sk, t, &bytes),
                 UpEvent::RequestFailed(uid, why) => {
                     let Some(s) = self.sessions.get_mut(&sk) else {
                         return;
@@ -1484,8 +1491,10 @@ impl Gateway {
     }
 
     /// Readiness of one of an HTTP target's connections.
-    fn http_ready(&mut self, sk: u64, t: usize, token: Token) {
-        self.with_http(sk, t, |http, reg, events| http.ready(reg, token, events));
+    fn http_ready(&mut self, sk: u64, t: usize, token: Token, closed: bool) {
+        self.with_http(sk, t, |http, reg, events| {
+            http.ready(reg, token, closed, events)
+        });
     }
 
     /// Runs `f` on an ended session's HTTP target (its DELETE in flight) with the registry
@@ -1507,8 +1516,10 @@ impl Gateway {
     }
 
     /// Readiness of a shut-down HTTP target's last connection (its DELETE).
-    fn retired_ready(&mut self, rid: u64, token: Token) {
-        self.with_retired(rid, |http, reg, _| http.ready(reg, token, &mut Vec::new()));
+    fn retired_ready(&mut self, rid: u64, token: Token, closed: bool) {
+        self.with_retired(rid, |http, reg, _| {
+            http.ready(reg, token, closed, &mut Vec::new())
+        });
     }
 
     fn register_child(&mut self, child: &mut StdioChild, tokens: [Token; 3]) -> io::Result<()> {
@@ -2363,7 +2374,7 @@ impl Gateway {
     }
 
     fn target_line(&mut self, sk: u64, t: usize, line: &[u8]) {
-        if self.relay_answer(sk, line) {
+        if self.relay_answer(sk, t, line) {
             return;
         }
         let Some(s) = self.sessions.get_mut(&sk) else {
@@ -2386,18 +2397,8 @@ impl Gateway {
     /// target, whose result needs no rewriting, is the client's id spliced in front of the
     /// target's `result` text. Returns false (nothing done) for anything else, which then takes
     /// the general path.
-    fn relay_answer(&mut self, sk: u64, line: &[u8]) -> bool {
-        /// Exactly a JSON-RPC success answer with a gateway-assigned id; anything more (an
-        /// `error`, a `method`, a duplicate key) fails to parse and goes the general way.
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Answer<'a> {
-            jsonrpc: &'a str,
-            id: u64,
-            #[serde(borrow)]
-            result: &'a RawValue,
-        }
-        let Ok(a) = serde_json::from_slice::<Answer>(line) else {
+    fn relay_answer(&mut self, sk: u64, t: usize, line: &[u8]) -> bool {
+        let Some(a) = jsonrpc::raw_answer(line) else {
             return false;
         };
         let Some(s) = self.sessions.get_mut(&sk) else {
@@ -2409,11 +2410,12 @@ impl Gateway {
         let plain = |c: &Call| {
             c.kind == CallKind::Forward
                 && c.parts.len() == 1
+                && c.parts[0].0 == t
                 && c.exhaust.is_none()
                 // Only `uri` fields are ever rewritten (see aggregate::prefix_result_uris).
                 && (!s.naming.prefixed || !a.result.get().contains("\"uri\""))
         };
-        if a.jsonrpc != "2.0" || !s.calls.get(&cid).is_some_and(plain) {
+        if !s.calls.get(&cid).is_some_and(plain) {
             return false;
         }
         s.upstream.remove(&a.id);
@@ -2450,16 +2452,19 @@ impl Gateway {
                 let Some(uid) = msg.get("id").and_then(Value::as_u64) else {
                     return;
                 };
-                let Some(cid) = s.upstream.remove(&uid) else {
+                let Some(&cid) = s.upstream.get(&uid) else {
                     return; // late answer to a cancelled or timed-out request
                 };
+                // Only the target that was asked can answer (ids are per session, not per
+                // target, and easy to guess).
                 let Some(part) = s
                     .calls
                     .get(&cid)
-                    .and_then(|c| c.parts.iter().position(|p| p.1 == uid))
+                    .and_then(|c| c.parts.iter().position(|p| p.1 == uid && p.0 == t))
                 else {
                     return;
                 };
+                s.upstream.remove(&uid);
                 let r = match msg.get_mut("error") {
                     Some(e) => Err(e.take()),
                     None => Ok(msg
@@ -2717,10 +2722,13 @@ impl Gateway {
             self.dying
                 .retain_mut(|d| matches!(d.child.try_wait(), Ok(None)));
             let _ = self.poll.poll(&mut events, Some(Duration::from_millis(20)));
-            let ready: Vec<Token> = events.iter().map(|e| e.token()).collect();
-            for token in ready {
+            let ready: Vec<(Token, bool)> = events
+                .iter()
+                .map(|e| (e.token(), e.is_read_closed() || e.is_error()))
+                .collect();
+            for (token, closed) in ready {
                 match self.owners.get(&token).copied() {
-                    Some(Owner::Retired(rid)) => self.retired_ready(rid, token),
+                    Some(Owner::Retired(rid)) => self.retired_ready(rid, token, closed),
                     Some(Owner::Signal) => {
                         let _ = self.signals.take();
                     }

@@ -1,5 +1,7 @@
 //! JSON-RPC 2.0 messages as MCP uses them: parse, classify, build responses and errors.
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 pub const PARSE_ERROR: i64 = -32700;
@@ -17,6 +19,25 @@ pub enum Kind {
     Request,
     Notification,
     Response,
+}
+
+/// A success answer with an integer id, its `result` left as unparsed text.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnswer<'a> {
+    jsonrpc: &'a str,
+    pub id: u64,
+    #[serde(borrow)]
+    pub result: &'a RawValue,
+}
+
+/// Reads `bytes` as exactly a JSON-RPC success answer with an integer id (the ids the gateway
+/// gives its upstream requests) without building a `Value` tree. None for anything else (an
+/// error, a request, a batch, an extra or duplicate key): those take the general path.
+pub fn raw_answer(bytes: &[u8]) -> Option<RawAnswer<'_>> {
+    serde_json::from_slice::<RawAnswer>(bytes)
+        .ok()
+        .filter(|a| a.jsonrpc == "2.0")
 }
 
 /// Classifies a message, or says why it is not a valid JSON-RPC 2.0 message.
@@ -115,6 +136,37 @@ pub fn id_key(id: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_answer_takes_only_plain_success_answers() {
+        let a = raw_answer(
+            br#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"hi"}]}}"#,
+        )
+        .expect("a plain answer");
+        assert_eq!(a.id, 7);
+        assert_eq!(
+            a.result.get(),
+            r#"{"content":[{"type":"text","text":"hi"}]}"#
+        );
+        for other in [
+            &br#"{"jsonrpc":"2.0","id":7,"error":{"code":1,"message":"x"}}"#[..],
+            br#"{"jsonrpc":"2.0","id":7,"result":{},"error":{"code":1,"message":"x"}}"#,
+            br#"{"jsonrpc":"2.0","id":7,"result":{},"result":{}}"#,
+            br#"{"jsonrpc":"2.0","id":"7","result":{}}"#,
+            br#"{"jsonrpc":"2.0","id":-7,"result":{}}"#,
+            br#"{"jsonrpc":"1.0","id":7,"result":{}}"#,
+            br#"{"jsonrpc":"2.0","id":7,"method":"ping","result":{}}"#,
+            br#"{"id":7,"result":{}}"#,
+            br#"[{"jsonrpc":"2.0","id":7,"result":{}}]"#,
+            br#"{"jsonrpc":"2.0","id":7,"result":{}"#,
+        ] {
+            assert!(
+                raw_answer(other).is_none(),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
 
     #[test]
     fn classifies() {

@@ -68,6 +68,14 @@ impl Transport {
         }
     }
 
+    /// Whether TLS has records of its own to send (handshake included), so the socket's
+    /// writability matters even with no request bytes pending.
+    pub fn tls_wants_write(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.wants_write() || t.is_handshaking())
+    }
+
     /// Whether a TLS handshake is still in progress.
     pub fn handshaking(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.is_handshaking())
@@ -76,7 +84,12 @@ impl Transport {
     /// Reads available plaintext into `out` until `WouldBlock`, or until `out` holds `limit`
     /// bytes (then `Io::More`: the caller must consume and call again, since edge-triggered
     /// readiness will not repeat for bytes already waiting).
-    pub fn read(&mut self, out: &mut Vec<u8>, limit: usize) -> Io {
+    ///
+    /// With `short_read_drains`, a plain-TCP read that returns less than asked for counts as
+    /// `WouldBlock`: the socket gave all it had, and edge-triggered readiness reports anything
+    /// newer. The caller passes false when the event reported the peer's close, which only a
+    /// read of 0 bytes surfaces.
+    pub fn read(&mut self, out: &mut Vec<u8>, limit: usize, short_read_drains: bool) -> Io {
         crate::scratch::with(|buf| {
             match self.tls.as_mut() {
                 None => loop {
@@ -85,7 +98,12 @@ impl Transport {
                     }
                     match self.sock.read(buf) {
                         Ok(0) => return Io::Closed,
-                        Ok(n) => out.extend_from_slice(&buf[..n]),
+                        Ok(n) => {
+                            out.extend_from_slice(&buf[..n]);
+                            if short_read_drains && n < buf.len() && out.len() < limit {
+                                return Io::WouldBlock;
+                            }
+                        }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => return Io::WouldBlock,
                         Err(e) if e.kind() == ErrorKind::Interrupted => {}
                         Err(e) => return Io::Error(describe(&e)),

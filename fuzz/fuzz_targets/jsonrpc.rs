@@ -1,6 +1,7 @@
-//! JSON-RPC bodies and routing on arbitrary bytes: parse, classify every message, and route
-//! requests through a two-target prefixed naming, a one-target plain naming, and a two-target
-//! shared (`prefixMode: never`) naming that learns names from the input itself.
+//! JSON-RPC on arbitrary bytes: the raw-answer shortcut checked against the full parse; then
+//! bodies parsed, every message classified, and requests routed through a two-target prefixed
+//! naming, a one-target plain naming, and a two-target shared (`prefixMode: never`) naming that
+//! learns names from the input itself.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -9,6 +10,16 @@ use mcplex::mcp::route::{Dest, Naming, Space};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
+    // The relay's shortcut for upstream answers must agree with the general path: whatever it
+    // accepts is a valid JSON-RPC response whose result round-trips.
+    if let Some(a) = jsonrpc::raw_answer(data) {
+        let v: Value = serde_json::from_slice(data).expect("raw_answer accepted invalid JSON");
+        assert_eq!(jsonrpc::classify(&v), Ok(Kind::Response));
+        assert_eq!(v.get("id").and_then(Value::as_u64), Some(a.id));
+        assert!(v.get("error").is_none());
+        let result: Value = serde_json::from_str(a.result.get()).expect("result is JSON");
+        assert_eq!(v.get("result"), Some(&result));
+    }
     let Ok(body) = jsonrpc::parse_body(data) else {
         return;
     };

@@ -45,6 +45,8 @@ const MAX_RESUMES: u8 = 5;
 pub enum UpEvent {
     /// A JSON-RPC message from the target.
     Message(Value),
+    /// A JSON-RPC success answer left as text, so it can be relayed without a `Value` tree.
+    Text(Vec<u8>),
     /// The request with this upstream id will get no answer.
     RequestFailed(u64, String),
     /// The target is unusable for this session.
@@ -55,7 +57,10 @@ pub enum UpEvent {
 
 /// Registers connections with the loop's `Poll` under fresh tokens.
 pub trait Registrar {
+    /// Registers for readability and writability (a connect completes as writable).
     fn register(&mut self, sock: &mut TcpStream) -> io::Result<Token>;
+    /// Readability always; writability only when `writable`.
+    fn reregister(&mut self, sock: &mut TcpStream, token: Token, writable: bool) -> io::Result<()>;
     fn deregister(&mut self, sock: &mut TcpStream, token: Token);
 }
 
@@ -121,6 +126,8 @@ struct Conn {
     deadline: Option<Instant>,
     /// Set once connected and through TLS (the connect deadline no longer applies).
     established: Option<()>,
+    /// Registered for writability too (see `HttpTarget::sync_interest`).
+    writable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,6 +337,7 @@ impl HttpTarget {
             reused: false,
             deadline: Some(Instant::now() + CONNECT_TIMEOUT),
             established: None,
+            writable: true,
         };
         self.write_request(&mut c, &o);
         if o.kind == Kind::Stream {
@@ -358,7 +366,7 @@ impl HttpTarget {
         }
         c.state = State::Busy(Box::new(Exchange::new(o)));
         self.conns.insert(token, c);
-        self.drive(reg, token, out);
+        self.drive(reg, token, true, out);
     }
 
     fn write_request(&self, c: &mut Conn, o: &Outgoing) {
@@ -412,18 +420,55 @@ impl HttpTarget {
         self.open_conn(reg, o, out);
     }
 
-    /// Handles readiness of one of this target's connections.
-    pub fn ready(&mut self, reg: &mut dyn Registrar, token: Token, out: &mut Vec<UpEvent>) {
+    /// Handles readiness of one of this target's connections; `peer_closed`: the event
+    /// reported the peer's close.
+    pub fn ready(
+        &mut self,
+        reg: &mut dyn Registrar,
+        token: Token,
+        peer_closed: bool,
+        out: &mut Vec<UpEvent>,
+    ) {
         if self.conns.contains_key(&token) {
-            self.drive(reg, token, out);
+            self.drive(reg, token, !peer_closed, out);
         }
         if !self.closing {
             self.pump(reg, out);
         }
     }
 
-    /// Connects, writes, reads and processes until the connection would block.
-    fn drive(&mut self, reg: &mut dyn Registrar, token: Token, out: &mut Vec<UpEvent>) {
+    /// Connects, writes, reads and processes until the connection would block, then asks for
+    /// writability only if it is still needed.
+    fn drive(
+        &mut self,
+        reg: &mut dyn Registrar,
+        token: Token,
+        short_read_drains: bool,
+        out: &mut Vec<UpEvent>,
+    ) {
+        self.drive_io(reg, token, short_read_drains, out);
+        self.sync_interest(reg, token);
+    }
+
+    /// Writability is asked for only while a connect, a TLS step or request bytes are
+    /// pending: otherwise the ACK of every request would wake the loop for nothing.
+    fn sync_interest(&mut self, reg: &mut dyn Registrar, token: Token) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let want = !c.connected || c.wpos < c.wbuf.len() || c.t.tls_wants_write();
+        if want != c.writable && reg.reregister(&mut c.t.sock, token, want).is_ok() {
+            c.writable = want;
+        }
+    }
+
+    fn drive_io(
+        &mut self,
+        reg: &mut dyn Registrar,
+        token: Token,
+        short_read_drains: bool,
+        out: &mut Vec<UpEvent>,
+    ) {
         loop {
             let request_timeout = self.request_timeout;
             let Some(c) = self.conns.get_mut(&token) else {
@@ -442,7 +487,7 @@ impl HttpTarget {
             for step in 0..3 {
                 let r = if step == 1 {
                     let limit = c.rbuf.len() + READ_CHUNK;
-                    c.t.read(&mut c.rbuf, limit)
+                    c.t.read(&mut c.rbuf, limit, short_read_drains)
                 } else {
                     c.t.write(&c.wbuf, &mut c.wpos)
                 };
@@ -938,6 +983,15 @@ fn parse_messages(
     init_id: Option<u64>,
     out: &mut Vec<UpEvent>,
 ) {
+    // The common case first: one plain answer, which needs no tree (the initialize answer
+    // does: its protocolVersion is read below).
+    if let Some(a) = crate::jsonrpc::raw_answer(bytes).filter(|a| Some(a.id) != init_id) {
+        if Some(a.id) == ex.out.request_id {
+            ex.answered = true;
+        }
+        out.push(UpEvent::Text(bytes.to_vec()));
+        return;
+    }
     let v: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => {

@@ -24,9 +24,10 @@ usage:
   loadgen call  [--sessions K] [--seconds S] [--tool echo|add] [--id ID] -- CMD [ARGS...]
                       the same over stdio: each session spawns CMD and talks to it over pipes
                       (the direct path that a gateway's stdio relay adds to)
-  loadgen hold  --url URL --sessions N [--id ID]
+  loadgen hold  --url URL --sessions N [--streams] [--id ID]
                       opens N sessions (one connection each), prints a line, holds them until
-                      stdin closes, then DELETEs them
+                      stdin closes, then DELETEs them; --streams: each also opens its GET
+                      stream on that connection
   loadgen startup --addr HOST:PORT [--path /healthz] [--runs 10] [--id ID] -- CMD [ARGS...]
                       time from spawn to first accepted connection and first HTTP response
   loadgen wait --addr HOST:PORT [--timeout S]     wait until something accepts on HOST:PORT
@@ -95,7 +96,7 @@ impl Opts {
                 .strip_prefix("--")
                 .ok_or_else(|| format!("unexpected argument {a:?}"))?;
             // Flags without a value.
-            if name == "sse" {
+            if name == "sse" || name == "streams" {
                 pairs.push((name.to_string(), "1".to_string()));
                 continue;
             }
@@ -157,15 +158,16 @@ impl Tally {
     }
 }
 
-/// utime + stime of a process in milliseconds (children excluded: those are in cutime/cstime).
-fn cpu_ms(pid: u32) -> Option<f64> {
+/// (utime, stime) of a process in milliseconds (children excluded: those are in cutime/cstime).
+fn cpu_ms(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses; fields resume after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
     // /proc reports in USER_HZ, which Linux fixes at 100 for user space.
-    Some(ticks as f64 * 10.0)
+    Some((user as f64 * 10.0, system as f64 * 10.0))
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -272,9 +274,9 @@ fn load(mode: &str, opts: &Opts) -> Result<bool, String> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu_used = match (cpu_before, cpu_pid.and_then(cpu_ms)) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
+    let (cpu_used, cpu_user) = match (cpu_before, cpu_pid.and_then(cpu_ms)) {
+        (Some(a), Some(b)) => (Some(b.0 + b.1 - a.0 - a.1), Some(b.0 - a.0)),
+        _ => (None, None),
     };
     all.latencies_us.sort_unstable();
     let n = all.latencies_us.len();
@@ -305,6 +307,10 @@ fn load(mode: &str, opts: &Opts) -> Result<bool, String> {
         "errors": all.errors,
         "first_error": all.first_error,
     });
+    if let (Some(user), true) = (cpu_user, n > 0) {
+        // The gateway's own code; the rest of its CPU time is the kernel working for it.
+        out["cpu_user_us_per_req"] = json!(round(user * 1000.0 / n as f64, 1));
+    }
     if let Some(cpu) = cpu_used {
         out["cpu_ms"] = json!(round(cpu, 0));
         out["cpu_us_per_req"] = json!(if n > 0 {
@@ -353,15 +359,22 @@ fn hold(opts: &Opts) -> Result<bool, String> {
     let t0 = Instant::now();
     let mut held = Vec::with_capacity(n);
     let mut tally = Tally::default();
+    let streams = opts.opt("streams").is_some();
     for _ in 0..n {
-        match Session::open(&url, opts.transport(), REQUEST_TIMEOUT) {
+        let opened = Session::open(&url, opts.transport(), REQUEST_TIMEOUT).and_then(|mut s| {
+            if streams {
+                s.open_stream()?;
+            }
+            Ok(s)
+        });
+        match opened {
             Ok(s) => held.push(s),
             Err(e) => tally.error(e),
         }
     }
     let open_s = t0.elapsed().as_secs_f64();
     let out = json!({
-        "id": opts.get("id"), "mode": "hold", "sessions": n, "opened": held.len(),
+        "id": opts.get("id"), "mode": "hold", "sessions": n, "opened": held.len(), "streams": streams,
         "open_seconds": round(open_s, 3), "errors": tally.errors, "first_error": tally.first_error,
     });
     println!("{out}");

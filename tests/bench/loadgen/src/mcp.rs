@@ -52,6 +52,7 @@ impl Session {
             Transport::Streamable => Session::Streamable(Streamable {
                 url: url.clone(),
                 conn: None,
+                stream: None,
                 session_id: None,
                 protocol: None,
                 next_id: 0,
@@ -114,6 +115,14 @@ impl Session {
             Session::Streamable(s) => s.post(body.as_bytes(), None).map(|_| ()),
             Session::Legacy(s) => s.post_and_wait(body.as_bytes(), None).map(|_| ()),
             Session::Stdio(s) => s.exchange(&body, None).map(|_| ()),
+        }
+    }
+
+    /// Opens the session's GET stream (streamable HTTP only) and keeps it open, unread.
+    pub fn open_stream(&mut self) -> Result<(), String> {
+        match self {
+            Session::Streamable(s) => s.open_stream(),
+            _ => Err("GET streams are a streamable HTTP feature".into()),
         }
     }
 
@@ -203,6 +212,8 @@ pub struct Streamable {
     url: Url,
     /// The kept-alive connection, if the last response allowed reuse.
     conn: Option<Conn>,
+    /// The GET stream, once opened (held, never read: the benchmark counts idle streams).
+    stream: Option<Conn>,
     session_id: Option<String>,
     protocol: Option<String>,
     next_id: u64,
@@ -227,6 +238,49 @@ impl Streamable {
             h.push(("MCP-Protocol-Version", v));
         }
         h
+    }
+
+    /// GETs the server's stream on the kept-alive connection (a fresh one if that has gone
+    /// stale) and keeps the connection once a 200 `text/event-stream` head arrived.
+    fn open_stream(&mut self) -> Result<(), String> {
+        let reused = self.conn.is_some();
+        match self.try_open_stream() {
+            Err(Attempt::Stale(e)) if reused => self.try_open_stream().map_err(|a| a.message(&e)),
+            r => r.map_err(|a| a.message("")),
+        }
+    }
+
+    fn try_open_stream(&mut self) -> Result<(), Attempt> {
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => http::connect(&self.url, self.timeout)
+                .map_err(|e| Attempt::Failed(io_err("connect", e)))?,
+        };
+        let mut headers = self.headers();
+        headers.retain(|(n, _)| *n != "Content-Type" && *n != "Accept");
+        headers.push(("Accept", "text/event-stream"));
+        if let Err(e) = http::write_request(&mut conn, "GET", &self.url, &headers, b"") {
+            return Err(Attempt::Stale(io_err("write", e)));
+        }
+        let head = match http::read_head(&mut conn) {
+            Ok(h) => h,
+            Err(e)
+                if e.kind() == io::ErrorKind::UnexpectedEof
+                    || e.kind() == io::ErrorKind::ConnectionReset =>
+            {
+                return Err(Attempt::Stale(io_err("read", e)))
+            }
+            Err(e) => return Err(Attempt::Failed(io_err("read", e))),
+        };
+        if head.status != 200 || !head.is_event_stream() {
+            return Err(Attempt::Failed(format!(
+                "GET stream: HTTP {} ({})",
+                head.status,
+                head.header("content-type").unwrap_or("no content type")
+            )));
+        }
+        self.stream = Some(conn);
+        Ok(())
     }
 
     /// POSTs one message. A kept-alive connection the server has closed meanwhile fails before

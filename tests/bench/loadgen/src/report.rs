@@ -181,9 +181,29 @@ fn load_rows(recs: &Records, group: &str, title: &str, rows: &mut Vec<Row>) {
             ratios,
             note: String::new(),
         });
+        // What the gateway adds to the direct path (a pipe to the same stdio server, or the
+        // same HTTP server called directly): differences of the percentiles.
+        if let (Some(m50), Some(d50), Some(m99), Some(d99)) = (p50[0], p50[1], p99[0], p99[1]) {
+            let us = |ms: f64| format!("{:.0}", ms * 1000.0);
+            let mut cells = vec!["–".to_string(); 4];
+            cells[0] = format!("{} / {} µs", us(m50 - d50), us(m99 - d99));
+            rows.push(Row {
+                label: format!("{what}: latency added over direct, p50 / p99"),
+                cells,
+                ratios: vec![String::new(); 3],
+                note: "mcplex's percentile minus direct's".into(),
+            });
+        }
         let cpu = pick("cpu_us_per_req");
         if cpu.iter().any(Option::is_some) {
-            let note = "gateway process only".to_string();
+            let mut note = "gateway process only".to_string();
+            if let (Some(all), Some(user)) = (cpu[0], pick("cpu_user_us_per_req")[0]) {
+                note = format!(
+                    "gateway process only; mcplex: {} µs in its own code, {} µs in the kernel",
+                    fmt(user),
+                    fmt(all - user)
+                );
+            }
             rows.push(Row::numeric(
                 format!("{what}: gateway CPU µs/request"),
                 cpu,
@@ -232,6 +252,27 @@ fn memory_rows(recs: &Records, rows: &mut Vec<Row>) {
         rows.push(Row::numeric(
             format!("RSS with {} open sessions, HTTP upstream", int(n)),
             held,
+            mib,
+            note,
+        ));
+    }
+    if let Some(r) = mem("mcplex", "streams") {
+        let hold = recs.get("hold/mcplex/streams");
+        let opened = hold.and_then(|h| num(h, "opened")).unwrap_or(0.0);
+        let errors = hold.and_then(|h| num(h, "errors")).unwrap_or(f64::NAN);
+        let note = format!(
+            "{} streams open, {} errors; {} KiB and {} fds per session with its stream; upstream without GET stream",
+            int(opened),
+            int(errors),
+            per_session("kib", r).map(fmt).unwrap_or_default(),
+            per_session("fds", r).map(fmt).unwrap_or_default(),
+        );
+        rows.push(Row::numeric(
+            format!(
+                "RSS holding {} idle GET streams (one thread)",
+                int(num(r, "sessions").unwrap_or(0.0))
+            ),
+            [num(r, "held_kib"), None, None, None],
             mib,
             note,
         ));
