@@ -2092,9 +2092,7 @@ impl Gateway {
                     aggregate::prefix_result_uris(&mut v, t, &s.naming);
                     jsonrpc::result(call.client_id, v)
                 }
-                Some((_, _, Some(Err(e)))) => {
-                    json!({"jsonrpc": "2.0", "id": call.client_id, "error": e})
-                }
+                Some((_, _, Some(Err(e)))) => jsonrpc::error_answer(call.client_id, e),
                 _ => jsonrpc::error(call.client_id, jsonrpc::INTERNAL_ERROR, "no answer"),
             },
             CallKind::FanOut => {
@@ -2108,7 +2106,7 @@ impl Gateway {
                     }
                 }
                 match (ok.is_empty(), first_err) {
-                    (true, Some(e)) => json!({"jsonrpc": "2.0", "id": call.client_id, "error": e}),
+                    (true, Some(e)) => jsonrpc::error_answer(call.client_id, e),
                     _ if call.method == "logging/setLevel" => {
                         jsonrpc::result(call.client_id, json!({}))
                     }
@@ -2246,7 +2244,8 @@ impl Gateway {
     /// Delivers one answer to the POST that asked for it.
     fn reply(&mut self, conn: Option<usize>, msg: Value) {
         if let Some(id) = conn {
-            self.settle(id, Some(msg.to_string()));
+            // serde_json's writer, not Display: that goes through fmt::Write, byte run by byte run.
+            self.settle(id, Some(serde_json::to_string(&msg).unwrap_or_default()));
         }
     }
 

@@ -94,7 +94,21 @@ pub fn method(v: &Value) -> &str {
 
 /// A success response.
 pub fn result(id: Value, result: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "result": result})
+    // Built by hand: `json!` would deep-copy `result` through `to_value`.
+    answer(id, "result", result)
+}
+
+/// An error response carrying an upstream's `error` object as it is.
+pub fn error_answer(id: Value, error: Value) -> Value {
+    answer(id, "error", error)
+}
+
+fn answer(id: Value, key: &str, value: Value) -> Value {
+    let mut o = Map::new();
+    o.insert("jsonrpc".into(), "2.0".into());
+    o.insert("id".into(), id);
+    o.insert(key.into(), value);
+    Value::Object(o)
 }
 
 /// An error response.

@@ -183,7 +183,10 @@ fn load_rows(recs: &Records, group: &str, title: &str, rows: &mut Vec<Row>) {
         });
         // What the gateway adds to the direct path (a pipe to the same stdio server, or the
         // same HTTP server called directly): differences of the percentiles.
-        if let (Some(m50), Some(d50), Some(m99), Some(d99)) = (p50[0], p50[1], p99[0], p99[1]) {
+        // At one session only: with more, the difference is mostly queueing, not the gateway.
+        if let (Some(m50), Some(d50), Some(m99), Some(d99), "1") =
+            (p50[0], p50[1], p99[0], p99[1], param.as_str())
+        {
             let us = |ms: f64| format!("{:.0}", ms * 1000.0);
             let mut cells = vec!["–".to_string(); 4];
             cells[0] = format!("{} / {} µs", us(m50 - d50), us(m99 - d99));
@@ -238,8 +241,24 @@ fn memory_rows(recs: &Records, rows: &mut Vec<Row>) {
         "RSS idle (stdio-target config)".into(),
         idle,
         mib,
-        String::new(),
+        "dynamically linked: includes shared glibc and ld.so pages".into(),
     ));
+    if let Some(kib) = recs
+        .get("mem/mcplex-static/idle")
+        .and_then(|r| num(r, "idle_kib"))
+    {
+        let size = recs
+            .get("size/mcplex-static")
+            .and_then(|r| num(r, "bytes"))
+            .map(|b| format!("; binary {}", mib(b / 1024.0)))
+            .unwrap_or_default();
+        rows.push(Row::numeric(
+            "RSS idle, static-pie build (crt-static)".into(),
+            [Some(kib), None, None, None],
+            mib,
+            format!("same config{size}"),
+        ));
+    }
     if let Some(r) = mem("mcplex", "http") {
         let n = num(r, "sessions").unwrap_or(0.0);
         let note = format!(
