@@ -208,6 +208,36 @@ fn io_err(what: &str, e: io::Error) -> String {
     format!("{what}: {e}")
 }
 
+/// Sends one request on `conn` (or a new connection) and reads the response head. Failing to
+/// write, or the peer closing before any response byte, is `Stale`: a kept-alive connection the
+/// server had closed meanwhile, worth one retry.
+fn send(
+    conn: Option<Conn>,
+    url: &Url,
+    timeout: Duration,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(Conn, http::Head), Attempt> {
+    let mut conn = match conn {
+        Some(c) => c,
+        None => http::connect(url, timeout).map_err(|e| Attempt::Failed(io_err("connect", e)))?,
+    };
+    if let Err(e) = http::write_request(&mut conn, method, url, headers, body) {
+        return Err(Attempt::Stale(io_err("write", e)));
+    }
+    match http::read_head(&mut conn) {
+        Ok(head) => Ok((conn, head)),
+        Err(e)
+            if e.kind() == io::ErrorKind::UnexpectedEof
+                || e.kind() == io::ErrorKind::ConnectionReset =>
+        {
+            Err(Attempt::Stale(io_err("read", e)))
+        }
+        Err(e) => Err(Attempt::Failed(io_err("read", e))),
+    }
+}
+
 pub struct Streamable {
     url: Url,
     /// The kept-alive connection, if the last response allowed reuse.
@@ -251,27 +281,11 @@ impl Streamable {
     }
 
     fn try_open_stream(&mut self) -> Result<(), Attempt> {
-        let mut conn = match self.conn.take() {
-            Some(c) => c,
-            None => http::connect(&self.url, self.timeout)
-                .map_err(|e| Attempt::Failed(io_err("connect", e)))?,
-        };
+        let conn = self.conn.take();
         let mut headers = self.headers();
         headers.retain(|(n, _)| *n != "Content-Type" && *n != "Accept");
         headers.push(("Accept", "text/event-stream"));
-        if let Err(e) = http::write_request(&mut conn, "GET", &self.url, &headers, b"") {
-            return Err(Attempt::Stale(io_err("write", e)));
-        }
-        let head = match http::read_head(&mut conn) {
-            Ok(h) => h,
-            Err(e)
-                if e.kind() == io::ErrorKind::UnexpectedEof
-                    || e.kind() == io::ErrorKind::ConnectionReset =>
-            {
-                return Err(Attempt::Stale(io_err("read", e)))
-            }
-            Err(e) => return Err(Attempt::Failed(io_err("read", e))),
-        };
+        let (conn, head) = send(conn, &self.url, self.timeout, "GET", &headers, b"")?;
         if head.status != 200 || !head.is_event_stream() {
             return Err(Attempt::Failed(format!(
                 "GET stream: HTTP {} ({})",
@@ -294,25 +308,9 @@ impl Streamable {
     }
 
     fn try_post(&mut self, body: &[u8], id: Option<u64>) -> Result<Option<Value>, Attempt> {
-        let mut conn = match self.conn.take() {
-            Some(c) => c,
-            None => http::connect(&self.url, self.timeout)
-                .map_err(|e| Attempt::Failed(io_err("connect", e)))?,
-        };
+        let conn = self.conn.take();
         let headers = self.headers();
-        if let Err(e) = http::write_request(&mut conn, "POST", &self.url, &headers, body) {
-            return Err(Attempt::Stale(io_err("write", e)));
-        }
-        let head = match http::read_head(&mut conn) {
-            Ok(h) => h,
-            Err(e)
-                if e.kind() == io::ErrorKind::UnexpectedEof
-                    || e.kind() == io::ErrorKind::ConnectionReset =>
-            {
-                return Err(Attempt::Stale(io_err("read", e)))
-            }
-            Err(e) => return Err(Attempt::Failed(io_err("read", e))),
-        };
+        let (mut conn, head) = send(conn, &self.url, self.timeout, "POST", &headers, body)?;
         if let Some(sid) = head.header("mcp-session-id") {
             if self.session_id.is_none() {
                 self.session_id = Some(sid.to_string());
@@ -498,25 +496,8 @@ impl Streamless {
     }
 
     fn try_send(&mut self, url: &Url, body: &[u8]) -> Result<(), Attempt> {
-        let mut conn = match self.conn.take() {
-            Some(c) => c,
-            None => http::connect(url, self.timeout)
-                .map_err(|e| Attempt::Failed(io_err("connect", e)))?,
-        };
         let headers = [("Content-Type", "application/json")];
-        if let Err(e) = http::write_request(&mut conn, "POST", url, &headers, body) {
-            return Err(Attempt::Stale(io_err("write", e)));
-        }
-        let head = match http::read_head(&mut conn) {
-            Ok(h) => h,
-            Err(e)
-                if e.kind() == io::ErrorKind::UnexpectedEof
-                    || e.kind() == io::ErrorKind::ConnectionReset =>
-            {
-                return Err(Attempt::Stale(io_err("read", e)))
-            }
-            Err(e) => return Err(Attempt::Failed(io_err("read", e))),
-        };
+        let (mut conn, head) = send(self.conn.take(), url, self.timeout, "POST", &headers, body)?;
         let framing = head.framing().map_err(Attempt::Failed)?;
         let keep = head.keep_alive() && !matches!(framing, http::Framing::Close);
         let text = Body::new(&mut conn, framing)
