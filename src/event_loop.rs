@@ -18,6 +18,7 @@ use crate::mcp::route::Dest;
 use crate::mcp::session::{
     new_session_id, Call, CallKind, Phase, Session, TargetSlot, TargetState,
 };
+use crate::memory::Trimmer;
 use crate::metrics::{self, Gauges, Outcome, UpstreamError};
 use crate::signals::Signals;
 use crate::timer::Timers;
@@ -134,6 +135,8 @@ pub struct Gateway {
     read_limit: usize,
     /// HTTP targets of ended sessions, finishing their DELETE; dropped at the deadline.
     retired: IdMap<u64, (HttpTarget, Instant)>,
+    /// Gives freed memory back to the system after a burst (see `memory`).
+    trimmer: Trimmer,
     next_retired: u64,
     /// Verified TLS settings for https:// upstreams without a backendTLS policy (built once).
     default_tls: Option<Arc<rustls::ClientConfig>>,
@@ -235,6 +238,7 @@ impl Gateway {
             http_limits,
             read_limit,
             retired: IdMap::default(),
+            trimmer: Trimmer::default(),
             next_retired: 1,
             default_tls: None,
             accepting: true,
@@ -2665,6 +2669,23 @@ impl Gateway {
                 }
             }
         }
+        // After a burst, hand back the tables it grew: a large live table can sit at the top
+        // of the heap, and glibc returns memory to the system only from there.
+        shrink_if_sparse(&mut self.owners);
+        shrink_if_sparse(&mut self.conns);
+        shrink_if_sparse(&mut self.sessions);
+        shrink_if_sparse(&mut self.session_ids);
+        shrink_if_sparse(&mut self.retired);
+        if self
+            .trimmer
+            .after_sweep(self.sessions.len() + self.conns.len())
+        {
+            log!(
+                "returned free memory to the system ({} sessions, {} connections left)",
+                self.sessions.len(),
+                self.conns.len()
+            );
+        }
     }
 
     /// Deadlines of HTTP targets: connects, responses, idle connections, stream retries.
@@ -2769,6 +2790,15 @@ fn note_mcp_method(c: &mut Conn, body: &jsonrpc::Body) {
             [one] => jsonrpc::method(one).to_string(),
             many => format!("batch({})", many.len()),
         };
+    }
+}
+
+/// Shrinks a map that uses under a quarter of a large capacity.
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
+    m: &mut HashMap<K, V, S>,
+) {
+    if m.capacity() > 256 && m.len() * 4 < m.capacity() {
+        m.shrink_to_fit();
     }
 }
 
