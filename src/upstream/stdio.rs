@@ -75,21 +75,9 @@ impl StdioChild {
         })
     }
 
-    /// Queues one JSON-RPC message (a newline is added) and writes what the pipe takes now.
-    /// Errors when the child's stdin is closed or the backlog is over its limit.
-    pub fn send(&mut self, msg: &[u8]) -> io::Result<()> {
-        if self.stdin.is_none() {
-            return Err(io::Error::new(ErrorKind::BrokenPipe, "stdin closed"));
-        }
-        if self.out.len() - self.out_pos + msg.len() > MAX_STDIN_BACKLOG {
-            return Err(io::Error::other("child is not reading its stdin"));
-        }
-        self.out.extend_from_slice(msg);
-        self.out.push(b'\n');
-        self.flush()
-    }
-
-    /// Queues one JSON message (serialized straight into the queue) and writes what it can.
+    /// Queues one JSON-RPC message (serialized straight into the queue, a newline added) and
+    /// writes what the pipe takes now. Errors when the child's stdin is closed or the backlog
+    /// is over its limit.
     pub fn send_json(&mut self, msg: &serde_json::Value) -> io::Result<()> {
         if self.stdin.is_none() {
             return Err(io::Error::new(ErrorKind::BrokenPipe, "stdin closed"));
