@@ -1009,20 +1009,7 @@ mod signals {
         let s = gw.session();
         s.assert_works();
         // An open GET stream and a call in flight must not hold the shutdown up.
-        let mut stream = gw.connect();
-        stream
-            .send(&request(
-                "GET",
-                "/mcp",
-                &[
-                    ("Accept", "text/event-stream"),
-                    ("Mcp-Session-Id", &s.id),
-                    ("MCP-Protocol-Version", VERSION),
-                ],
-                b"",
-            ))
-            .expect("GET");
-        assert_eq!(stream.read_head().expect("stream head").status, 200);
+        let (_stream, _) = gw.open_get(&s);
         let mut slow = gw.connect();
         let id = next_id();
         slow.send(&s.post_bytes(&rpc_request(

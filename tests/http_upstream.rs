@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -803,25 +802,6 @@ fn upstream_forgetting_the_session_fails_the_next_call() {
 
 // ---- the GET stream --------------------------------------------------------------------------
 
-/// Opens the client's GET stream on the gateway.
-fn open_get(gw: &Gateway, s: &Session) -> (Client, Head) {
-    let mut c = gw.connect();
-    c.send(&request(
-        "GET",
-        "/mcp",
-        &[
-            ("Accept", "text/event-stream"),
-            ("Mcp-Session-Id", &s.id),
-            ("MCP-Protocol-Version", VERSION),
-        ],
-        b"",
-    ))
-    .expect("send GET");
-    let head = c.read_head().expect("GET head");
-    assert_eq!(head.status, 200, "GET stream refused: {head:?}");
-    (c, head)
-}
-
 /// Reads events until one satisfies `pred` (bounded by the client's read timeout).
 fn wait_event(c: &mut Client, head: &Head, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -852,7 +832,7 @@ fn upstream_get_stream_notifications_reach_the_client() {
         "the gateway did not open the upstream GET stream; log:\n{}",
         gw.log_text()
     );
-    let (mut c, head) = open_get(&gw, &s);
+    let (mut c, head) = gw.open_get(&s);
     let note = json!({"jsonrpc": "2.0", "method": "notifications/message",
         "params": {"level": "info", "data": "from the upstream GET stream"}});
     assert_eq!(fake.push(Some("ev-1"), &note), 1);
@@ -901,7 +881,7 @@ fn upstream_get_stream_is_reopened_with_last_event_id() {
     );
     // Events on the reopened stream still reach the client.
     assert!(wait_until(Duration::from_secs(5), || fake.open_streams() == 1));
-    let (mut c, head) = open_get(&gw, &s);
+    let (mut c, head) = gw.open_get(&s);
     let note = json!({"jsonrpc": "2.0", "method": "notifications/message",
         "params": {"level": "info", "data": "after reopening"}});
     fake.push(Some("ev-8"), &note);
@@ -910,47 +890,9 @@ fn upstream_get_stream_is_reopened_with_last_event_id() {
 
 // ---- resuming a POST stream, against mcplex-demo --http --------------------------------------
 
-/// `mcplex-demo --http` on a free port, killed on drop.
-struct DemoHttp {
-    child: Child,
-    port: u16,
-}
-
-impl DemoHttp {
-    fn start() -> DemoHttp {
-        for _ in 0..5 {
-            let port = closed_port();
-            let mut child = Command::new(demo_bin())
-                .args(["--http", "--port", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn mcplex-demo --http");
-            let up = wait_until(Duration::from_secs(10), || {
-                matches!(child.try_wait(), Ok(Some(_)))
-                    || TcpStream::connect(("127.0.0.1", port)).is_ok()
-            });
-            if up && matches!(child.try_wait(), Ok(None)) {
-                return DemoHttp { child, port };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("mcplex-demo --http did not start");
-    }
-}
-
-impl Drop for DemoHttp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn post_stream_closed_mid_call_is_resumed() {
-    let demo = DemoHttp::start();
+    let demo = DemoHttp::start(&[]);
     let url = format!("http://127.0.0.1:{}/mcp", demo.port);
     let gw = Gateway::start(&http_config("config: {requestTimeout: 10s}", &url));
     let s = gw.session();

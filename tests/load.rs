@@ -730,53 +730,12 @@ fn concurrent_clients_over_both_transports_with_faults() {
     );
 }
 
-/// `mcplex-demo --http --no-streams` on a free port, killed on drop: an upstream that keeps no
-/// connection open between requests, so held sessions cost the gateway no upstream sockets.
-struct PlainHttpDemo {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl PlainHttpDemo {
-    fn start() -> PlainHttpDemo {
-        use std::process::{Command, Stdio};
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let mut child = Command::new(demo_bin())
-                .args(["--http", "--no-streams", "--port", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn mcplex-demo --http");
-            let up = wait_until(Duration::from_secs(10), || {
-                matches!(child.try_wait(), Ok(Some(_)))
-                    || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            });
-            if up && matches!(child.try_wait(), Ok(None)) {
-                return PlainHttpDemo { child, port };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("mcplex-demo --http --no-streams did not start");
-    }
-}
-
-impl Drop for PlainHttpDemo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn memory_is_given_back_after_a_burst_of_sessions() {
     const SESSIONS: usize = 600;
-    let demo = PlainHttpDemo::start();
+    // No connection to the upstream outlives a request, so held sessions cost no upstream
+    // sockets.
+    let demo = DemoHttp::start(&["--no-streams"]);
     let gw = Gateway::start(&format!(
         "config: {{maxSessions: 2000, maxConnections: 4000}}\nmcp:\n  port: 0\n  targets:\n  \
          - name: demo\n    mcp: {{host: \"http://127.0.0.1:{}/mcp\"}}\n",
@@ -800,20 +759,7 @@ fn memory_is_given_back_after_a_burst_of_sessions() {
     let mut held = Vec::new();
     for _ in 0..SESSIONS {
         let s = gw.session();
-        let mut c = gw.connect();
-        let get = request(
-            "GET",
-            "/mcp",
-            &[
-                ("Accept", "text/event-stream"),
-                ("Mcp-Session-Id", &s.id),
-                ("MCP-Protocol-Version", VERSION),
-            ],
-            b"",
-        );
-        c.send(&get).expect("send GET");
-        let head = c.read_head().expect("GET stream head");
-        assert_eq!(head.status, 200, "GET stream refused: {head:?}");
+        let (c, _) = gw.open_get(&s);
         held.push((s, c));
     }
     let peak = vm_rss_kib(gw.pid).expect("VmRSS");

@@ -178,6 +178,68 @@ impl Gateway {
     pub fn session(&self) -> Session {
         Session::initialize(self.port)
     }
+
+    /// Opens a session's GET stream on a new connection; asserts it was accepted.
+    #[track_caller]
+    pub fn open_get(&self, s: &Session) -> (Client, Head) {
+        let mut c = self.connect();
+        c.send(&request(
+            "GET",
+            "/mcp",
+            &[
+                ("Accept", "text/event-stream"),
+                ("Mcp-Session-Id", &s.id),
+                ("MCP-Protocol-Version", VERSION),
+            ],
+            b"",
+        ))
+        .expect("send GET");
+        let head = c.read_head().expect("GET head");
+        assert_eq!(head.status, 200, "GET stream refused: {head:?}");
+        (c, head)
+    }
+}
+
+/// `mcplex-demo --http` (plus `args`) on a free port, killed on drop.
+pub struct DemoHttp {
+    child: Child,
+    pub port: u16,
+}
+
+impl DemoHttp {
+    pub fn start(args: &[&str]) -> DemoHttp {
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let mut child = Command::new(demo_bin())
+                .args(["--http", "--port", &port.to_string()])
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn mcplex-demo --http");
+            let up = wait_until(Duration::from_secs(10), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+                    || TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            if up && matches!(child.try_wait(), Ok(None)) {
+                return DemoHttp { child, port };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("mcplex-demo --http {args:?} did not start");
+    }
+}
+
+impl Drop for DemoHttp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Gateway {
