@@ -1438,7 +1438,7 @@ impl Gateway {
         for ev in events {
             match ev {
                 UpEvent::Message(m) => self.target_message(sk, t, m),
-                UpEvent::Text(bytes) => self.target_line(sk, t, &bytes),
+                UpEvent::Answer(uid, result) => self.target_answer(sk, t, uid, result.get()),
                 UpEvent::RequestFailed(uid, why) => {
                     let Some(s) = self.sessions.get_mut(&sk) else {
                         return;
@@ -2074,14 +2074,8 @@ impl Gateway {
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
         };
-        let Some(call) = s.calls.remove(&cid) else {
+        let Some((call, label)) = s.take_call(cid) else {
             return;
-        };
-        s.by_client_id.remove(&jsonrpc::id_key(&call.client_id));
-        // The call's target label: its one target, or the backend as a whole for fan-outs.
-        let label = match (call.kind == CallKind::Forward, call.parts.first()) {
-            (true, Some((t, _, _))) => s.targets.get(*t).map_or(s.metric_all, |x| x.metric),
-            _ => s.metric_all,
         };
         let failed = call.parts.iter().all(|(_, _, r)| matches!(r, Some(Err(_))));
         let outcome = if failed && !call.parts.is_empty() {
@@ -2377,8 +2371,8 @@ impl Gateway {
     }
 
     fn target_line(&mut self, sk: u64, t: usize, line: &[u8]) {
-        if self.relay_answer(sk, t, line) {
-            return;
+        if let Some(a) = jsonrpc::raw_answer(line) {
+            return self.target_answer(sk, t, a.id, a.result.get());
         }
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
@@ -2396,18 +2390,28 @@ impl Gateway {
         }
     }
 
+    /// A target's success answer to upstream request `uid`, its result still text: relayed as
+    /// it is when it can be, else parsed (the result alone) for the general path.
+    fn target_answer(&mut self, sk: u64, t: usize, uid: u64, result: &str) {
+        if self.relay_result(sk, t, uid, result) {
+            return;
+        }
+        // It parsed as JSON already, so this cannot fail; if it did, the answer is dropped
+        // like any unparsable line.
+        if let Ok(v) = serde_json::from_str(result) {
+            self.target_message(sk, t, jsonrpc::result(Value::from(uid), v));
+        }
+    }
+
     /// The common case without a `Value` tree: a successful answer to a call forwarded to one
     /// target, whose result needs no rewriting, is the client's id spliced in front of the
     /// target's `result` text. Returns false (nothing done) for anything else, which then takes
-    /// the general path.
-    fn relay_answer(&mut self, sk: u64, t: usize, line: &[u8]) -> bool {
-        let Some(a) = jsonrpc::raw_answer(line) else {
-            return false;
-        };
+    /// the general path. `uid` and `result` come from `jsonrpc::raw_answer`.
+    fn relay_result(&mut self, sk: u64, t: usize, uid: u64, result: &str) -> bool {
         let Some(s) = self.sessions.get_mut(&sk) else {
             return false;
         };
-        let Some(&cid) = s.upstream.get(&a.id) else {
+        let Some(&cid) = s.upstream.get(&uid) else {
             return false;
         };
         let plain = |c: &Call| {
@@ -2416,24 +2420,17 @@ impl Gateway {
                 && c.parts[0].0 == t
                 && c.exhaust.is_none()
                 // Only `uri` fields are ever rewritten (see aggregate::prefix_result_uris).
-                && (!s.naming.prefixed || !a.result.get().contains("\"uri\""))
+                && (!s.naming.prefixed || !result.contains("\"uri\""))
         };
         if !s.calls.get(&cid).is_some_and(plain) {
             return false;
         }
-        s.upstream.remove(&a.id);
-        let Some(call) = s.calls.remove(&cid) else {
+        s.upstream.remove(&uid);
+        let Some((call, label)) = s.take_call(cid) else {
             return false;
         };
-        s.by_client_id.remove(&jsonrpc::id_key(&call.client_id));
-        let label = call
-            .parts
-            .first()
-            .and_then(|(t, _, _)| s.targets.get(*t))
-            .map_or(s.metric_all, |x| x.metric);
         metrics::with(|m| m.request(&call.method, label, Outcome::Ok, call.started.elapsed()));
         if let Some(conn) = call.conn {
-            let result = a.result.get();
             let mut text = String::with_capacity(result.len() + 48);
             text.push_str(r#"{"jsonrpc":"2.0","id":"#);
             text.push_str(&call.client_id.to_string());

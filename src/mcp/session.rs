@@ -144,6 +144,19 @@ impl Session {
         id
     }
 
+    /// Ends a call: forgets it and its client id, and returns it with its metrics label (its
+    /// one target for a forwarded call, the backend as a whole otherwise).
+    pub fn take_call(&mut self, cid: u64) -> Option<(Call, u16)> {
+        let call = self.calls.remove(&cid)?;
+        self.by_client_id
+            .remove(&crate::jsonrpc::id_key(&call.client_id));
+        let label = match (call.kind == CallKind::Forward, call.parts.first()) {
+            (true, Some((t, _, _))) => self.targets.get(*t).map_or(self.metric_all, |x| x.metric),
+            _ => self.metric_all,
+        };
+        Some((call, label))
+    }
+
     /// Keeps a message for the GET stream, dropping the oldest past the limit.
     pub fn push_backlog(&mut self, msg: Value) {
         if self.backlog.len() >= MAX_BACKLOG {

@@ -45,8 +45,9 @@ const MAX_RESUMES: u8 = 5;
 pub enum UpEvent {
     /// A JSON-RPC message from the target.
     Message(Value),
-    /// A JSON-RPC success answer left as text, so it can be relayed without a `Value` tree.
-    Text(Vec<u8>),
+    /// A JSON-RPC success answer to upstream request `id`, its result left as text so it can
+    /// be relayed without a `Value` tree.
+    Answer(u64, Box<serde_json::value::RawValue>),
     /// The request with this upstream id will get no answer.
     RequestFailed(u64, String),
     /// The target is unusable for this session.
@@ -989,7 +990,7 @@ fn parse_messages(
         if Some(a.id) == ex.out.request_id {
             ex.answered = true;
         }
-        out.push(UpEvent::Text(bytes.to_vec()));
+        out.push(UpEvent::Answer(a.id, a.result.to_owned()));
         return;
     }
     let v: Value = match serde_json::from_slice(bytes) {
