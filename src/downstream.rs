@@ -1,5 +1,7 @@
 //! A client connection: buffers, non-blocking reads and writes, and the response shapes
-//! (whole, or a chunked SSE stream). What a request *means* is decided by the event loop.
+//! (whole, or a chunked SSE stream), including how the answers of one POST are gathered into
+//! its reply. What a request *means* is decided by the front and the relay; only the loop
+//! reads and writes the socket (`read`, `flush`); everything else here fills buffers.
 
 use crate::http::{response, sse};
 use mio::net::TcpStream;
@@ -44,6 +46,19 @@ pub enum ConnState {
     Exchange(Exchange),
     /// The session's GET stream (server-to-client messages).
     Stream { session: u64 },
+}
+
+/// What `Conn::answer` did with one answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answered {
+    /// The connection has no exchange or stream: nothing done.
+    Ignored,
+    /// Queued; the POST waits for more answers.
+    Pending,
+    /// The POST's reply is complete; the connection reads its next request.
+    Done,
+    /// Sent on a legacy session's stream.
+    Streamed,
 }
 
 /// What a read found.
@@ -171,6 +186,93 @@ impl Conn {
             self.wpos = 0;
         }
         Ok(())
+    }
+
+    /// Accounts for one answer (None: a request that gets none) of the POST being served, and
+    /// queues the reply once it was the last: one JSON body (an array for a batch), 202 when no
+    /// request is answered, or the end of the SSE stream the reply became.
+    pub fn answer(&mut self, text: Option<String>) -> Answered {
+        if let ConnState::Stream { .. } = self.state {
+            // A legacy session: answers travel on its stream like everything else.
+            let Some(m) = text else {
+                return Answered::Ignored;
+            };
+            self.sse_json(&m);
+            self.last_write = Instant::now();
+            return Answered::Streamed;
+        }
+        let streaming = match &self.state {
+            ConnState::Exchange(ex) => ex.streaming,
+            _ => return Answered::Ignored,
+        };
+        if let Some(m) = text {
+            if streaming {
+                self.sse_json(&m);
+            } else if let ConnState::Exchange(ex) = &mut self.state {
+                ex.collected.push(m);
+            }
+        }
+        if let ConnState::Exchange(ex) = &mut self.state {
+            ex.remaining = ex.remaining.saturating_sub(1);
+            if ex.remaining > 0 {
+                return Answered::Pending;
+            }
+        }
+        let ConnState::Exchange(ex) = std::mem::replace(&mut self.state, ConnState::Idle) else {
+            return Answered::Ignored;
+        };
+        if ex.streaming {
+            self.end_stream();
+            if !ex.keep_alive {
+                self.closing = true;
+            }
+        } else {
+            let mut headers = Vec::new();
+            if let Some(sid) = &ex.session_header {
+                headers.push(("Mcp-Session-Id", sid.as_str()));
+            }
+            let mut collected = ex.collected;
+            match (ex.batch, collected.len()) {
+                (_, 0) => self.respond(202, &headers, b"", ex.keep_alive),
+                (false, _) => {
+                    self.respond_json_text(200, &headers, &collected.swap_remove(0), ex.keep_alive)
+                }
+                (true, _) => {
+                    let array = format!("[{}]", collected.join(","));
+                    self.respond_json_text(200, &headers, &array, ex.keep_alive)
+                }
+            }
+        }
+        Answered::Done
+    }
+
+    /// Queues a message for session `session`'s client: on the POST being served (its reply
+    /// turns into an SSE stream, carrying what was gathered so far), or on the session's
+    /// stream. False when this connection serves neither for that session.
+    pub fn push(&mut self, session: u64, msg: &Value) -> bool {
+        match &mut self.state {
+            ConnState::Exchange(ex) if ex.session == session => {
+                if !ex.streaming {
+                    ex.streaming = true;
+                    let collected = std::mem::take(&mut ex.collected);
+                    let sid = ex.session_header.clone();
+                    let headers: Vec<(&str, &str)> =
+                        sid.iter().map(|v| ("Mcp-Session-Id", v.as_str())).collect();
+                    let chunked = self.chunked;
+                    self.start_sse(&headers, chunked);
+                    for m in &collected {
+                        self.sse_json(m);
+                    }
+                }
+                self.sse_message(msg);
+            }
+            ConnState::Stream { session: s } if *s == session => {
+                self.sse_message(msg);
+                self.last_write = Instant::now();
+            }
+            _ => return false,
+        }
+        true
     }
 
     /// Queues the interim response a client waits for after `Expect: 100-continue`.

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod downstream;
 pub mod event_loop;
+pub mod front;
 pub mod http;
 pub mod idmap;
 pub mod jsonrpc;

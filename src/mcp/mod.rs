@@ -1,7 +1,9 @@
-//! MCP semantics: sessions and their in-flight calls, routing by name, and the aggregation of
-//! many targets into one server.
+//! MCP semantics without I/O: the relay (sessions, calls in flight, id and token maps), routing
+//! by name, the aggregation of many targets into one server, and target health.
 
 pub mod aggregate;
+pub mod health;
+pub mod relay;
 pub mod route;
 pub mod session;
 

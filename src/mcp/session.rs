@@ -1,12 +1,12 @@
-//! Per-session state: the targets' children, the calls in flight, and the id and token maps
-//! that let answers and notifications find their way back.
+//! Per-session state (the legacy, stateful kind of client context): the session's targets and
+//! the links serving them, the calls in flight, the id and token maps that let answers and
+//! notifications find their way back, and where messages to the client go (the GET or legacy
+//! SSE stream, or the backlog until one opens).
 
 use super::route::Naming;
 use crate::config::{BackendTls, McpBackend};
 use crate::idmap::IdMap;
-use crate::upstream::http::HttpTarget;
-use crate::upstream::stdio::StdioChild;
-use mio::Token;
+use crate::upstream::LinkId;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
@@ -28,10 +28,8 @@ pub enum TargetState {
 pub struct TargetSlot {
     pub name: String,
     pub state: TargetState,
-    pub child: Option<StdioChild>,
-    pub http: Option<HttpTarget>,
-    /// stdin, stdout, stderr tokens.
-    pub tokens: [Token; 3],
+    /// The link serving this target for the session, while it is open.
+    pub link: Option<LinkId>,
     pub init_result: Option<Value>,
     /// Its label in the metrics (`backend/target`).
     pub metric: u16,
@@ -60,6 +58,7 @@ pub type Answer = Result<Value, Value>;
 
 /// One client request being served by one or more upstream requests.
 pub struct Call {
+    /// The connection the answer goes to: the POST that asked, or a legacy session's stream.
     pub conn: Option<usize>,
     pub client_id: Value,
     pub method: String,
@@ -95,10 +94,15 @@ pub struct Session {
     pub by_client_id: HashMap<String, u64>,
     /// Id given to the client for a server-to-client request -> (target, the target's own id).
     pub server_requests: IdMap<u64, (usize, Value)>,
+    /// The connection of the session's GET stream (legacy: its SSE stream), while open.
     pub get_stream: Option<usize>,
     pub backlog: VecDeque<Value>,
     pub next_id: u64,
     pub last_active: Instant,
+    /// Links still being opened for `initialize`; the client's `initialize` (where its answer
+    /// goes, and its id) waits for them.
+    pub opening: usize,
+    pub init_request: Option<(Option<usize>, Value)>,
     /// The route's backendTLS policy, for the session's HTTP targets.
     pub tls: Option<Rc<BackendTls>>,
     /// Legacy HTTP+SSE session: every message to the client goes on `get_stream`, and the
@@ -131,6 +135,8 @@ impl Session {
             backlog: VecDeque::new(),
             next_id: 1,
             last_active: Instant::now(),
+            opening: 0,
+            init_request: None,
             tls: None,
             legacy: false,
             metric_all: 0,

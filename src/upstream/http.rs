@@ -1,24 +1,23 @@
-//! An HTTP target of one session: streamable HTTP (`mcp:`) or legacy HTTP+SSE (`sse:`).
+//! An HTTP link (one upstream session): streamable HTTP (`mcp:`) or legacy HTTP+SSE (`sse:`).
 //!
 //! HTTP/1.1 carries one request at a time per connection and a response may be a long SSE
 //! stream, so each target keeps a small pool of connections: a POST takes an idle one or opens
 //! a new one (up to [`MAX_CONNS`], beyond that messages wait in a queue), and the GET stream
 //! holds one of its own. Everything is non-blocking and driven by the event loop: `send`
 //! queues, `ready` handles readiness of one connection, `tick` handles deadlines. What the
-//! target says comes back as [`UpEvent`]s.
+//! target says comes back as [`LinkEvent`]s.
 
+use super::{LinkEvent, Registrar};
 use crate::config::Url;
 use crate::http::client::{parse_response_head, write_request, BodyDecoder, ResponseHead};
 use crate::http::{sse, Status};
 use crate::idmap::IdMap;
 use crate::transport::{Io, Transport};
-use mio::net::TcpStream;
-use mio::Token;
+use mio::{Interest, Token};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde_json::Value;
 use std::collections::VecDeque;
-use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,31 +38,6 @@ const STREAM_RETRY_MAX: Duration = Duration::from_secs(30);
 const READ_CHUNK: usize = 256 * 1024;
 /// How many times one request's SSE stream is resumed after ending early.
 const MAX_RESUMES: u8 = 5;
-
-/// What a target said or what happened to it.
-#[derive(Debug)]
-pub enum UpEvent {
-    /// A JSON-RPC message from the target.
-    Message(Value),
-    /// A JSON-RPC success answer to upstream request `id`, its result left as text so it can
-    /// be relayed without a `Value` tree.
-    Answer(u64, Box<serde_json::value::RawValue>),
-    /// The request with this upstream id will get no answer.
-    RequestFailed(u64, String),
-    /// The target is unusable for this session.
-    Fatal(String),
-    /// Worth a log line.
-    Log(String),
-}
-
-/// Registers connections with the loop's `Poll` under fresh tokens.
-pub trait Registrar {
-    /// Registers for readability and writability (a connect completes as writable).
-    fn register(&mut self, sock: &mut TcpStream) -> io::Result<Token>;
-    /// Readability always; writability only when `writable`.
-    fn reregister(&mut self, sock: &mut TcpStream, token: Token, writable: bool) -> io::Result<()>;
-    fn deregister(&mut self, sock: &mut TcpStream, token: Token);
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
@@ -192,7 +166,7 @@ impl HttpTarget {
     }
 
     /// Starts what must run before the first message: the legacy SSE stream.
-    pub fn start(&mut self, reg: &mut dyn Registrar, out: &mut Vec<UpEvent>) {
+    pub fn start(&mut self, reg: &mut dyn Registrar, out: &mut Vec<LinkEvent>) {
         if self.flavor == Flavor::Legacy {
             self.open_stream(reg, out);
         }
@@ -213,7 +187,7 @@ impl HttpTarget {
         &mut self,
         reg: &mut dyn Registrar,
         msg: &Value,
-        out: &mut Vec<UpEvent>,
+        out: &mut Vec<LinkEvent>,
     ) -> Result<(), String> {
         if self.closing {
             return Err(format!("target {} is shutting down", self.name));
@@ -274,7 +248,7 @@ impl HttpTarget {
         }
     }
 
-    fn dispatch(&mut self, reg: &mut dyn Registrar, o: Outgoing, out: &mut Vec<UpEvent>) {
+    fn dispatch(&mut self, reg: &mut dyn Registrar, o: Outgoing, out: &mut Vec<LinkEvent>) {
         if o.kind == Kind::Post && self.post_path.is_none() {
             // Legacy: no endpoint announced yet.
             self.queue.push_back(o);
@@ -295,7 +269,7 @@ impl HttpTarget {
     }
 
     /// Sends queued POSTs on whatever is free.
-    fn pump(&mut self, reg: &mut dyn Registrar, out: &mut Vec<UpEvent>) {
+    fn pump(&mut self, reg: &mut dyn Registrar, out: &mut Vec<LinkEvent>) {
         while self.post_path.is_some() {
             let has_room = self.conns.len() < MAX_CONNS
                 || self
@@ -312,7 +286,7 @@ impl HttpTarget {
         }
     }
 
-    fn open_conn(&mut self, reg: &mut dyn Registrar, o: Outgoing, out: &mut Vec<UpEvent>) {
+    fn open_conn(&mut self, reg: &mut dyn Registrar, o: Outgoing, out: &mut Vec<LinkEvent>) {
         let addr = self.url.addrs[self.next_addr % self.url.addrs.len().max(1)];
         self.next_addr = self.next_addr.wrapping_add(1);
         let mut t = match Transport::connect(addr) {
@@ -324,7 +298,7 @@ impl HttpTarget {
                 return self.fail_outgoing(o, &e, out);
             }
         }
-        let token = match reg.register(&mut t.sock) {
+        let token = match reg.register(&mut t.sock, Interest::READABLE | Interest::WRITABLE) {
             Ok(tok) => tok,
             Err(e) => return self.fail_outgoing(o, &format!("cannot register socket: {e}"), out),
         };
@@ -354,7 +328,7 @@ impl HttpTarget {
         reg: &mut dyn Registrar,
         token: Token,
         o: Outgoing,
-        out: &mut Vec<UpEvent>,
+        out: &mut Vec<LinkEvent>,
     ) {
         let Some(mut c) = self.conns.remove(&token) else {
             return;
@@ -409,7 +383,7 @@ impl HttpTarget {
         }
     }
 
-    fn open_stream(&mut self, reg: &mut dyn Registrar, out: &mut Vec<UpEvent>) {
+    fn open_stream(&mut self, reg: &mut dyn Registrar, out: &mut Vec<LinkEvent>) {
         let o = Outgoing {
             kind: Kind::Stream,
             body: Vec::new(),
@@ -428,7 +402,7 @@ impl HttpTarget {
         reg: &mut dyn Registrar,
         token: Token,
         peer_closed: bool,
-        out: &mut Vec<UpEvent>,
+        out: &mut Vec<LinkEvent>,
     ) {
         if self.conns.contains_key(&token) {
             self.drive(reg, token, !peer_closed, out);
@@ -445,7 +419,7 @@ impl HttpTarget {
         reg: &mut dyn Registrar,
         token: Token,
         short_read_drains: bool,
-        out: &mut Vec<UpEvent>,
+        out: &mut Vec<LinkEvent>,
     ) {
         self.drive_io(reg, token, short_read_drains, out);
         self.sync_interest(reg, token);
@@ -458,7 +432,11 @@ impl HttpTarget {
             return;
         };
         let want = !c.connected || c.wpos < c.wbuf.len() || c.t.tls_wants_write();
-        if want != c.writable && reg.reregister(&mut c.t.sock, token, want).is_ok() {
+        let interest = match want {
+            true => Interest::READABLE | Interest::WRITABLE,
+            false => Interest::READABLE,
+        };
+        if want != c.writable && reg.reregister(&mut c.t.sock, token, interest).is_ok() {
             c.writable = want;
         }
     }
@@ -468,7 +446,7 @@ impl HttpTarget {
         reg: &mut dyn Registrar,
         token: Token,
         short_read_drains: bool,
-        out: &mut Vec<UpEvent>,
+        out: &mut Vec<LinkEvent>,
     ) {
         loop {
             let request_timeout = self.request_timeout;
@@ -526,7 +504,7 @@ impl HttpTarget {
     }
 
     /// Parses what has arrived on a busy connection.
-    fn process(&mut self, reg: &mut dyn Registrar, token: Token, out: &mut Vec<UpEvent>) {
+    fn process(&mut self, reg: &mut dyn Registrar, token: Token, out: &mut Vec<LinkEvent>) {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
@@ -630,7 +608,7 @@ impl HttpTarget {
     }
 
     /// A response is complete: report what it means, then reuse or close the connection.
-    fn finish(&mut self, reg: &mut dyn Registrar, token: Token, out: &mut Vec<UpEvent>) {
+    fn finish(&mut self, reg: &mut dyn Registrar, token: Token, out: &mut Vec<LinkEvent>) {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
@@ -685,14 +663,14 @@ impl HttpTarget {
         reg: &mut dyn Registrar,
         ex: &Exchange,
         status: u16,
-        out: &mut Vec<UpEvent>,
+        out: &mut Vec<LinkEvent>,
     ) {
         let name = &self.name;
         match ex.out.kind {
             Kind::Delete => {}
             Kind::Stream => {
                 if self.flavor == Flavor::Legacy {
-                    out.push(UpEvent::Fatal(match status {
+                    out.push(LinkEvent::Fatal(match status {
                         200..=299 => "the upstream closed its SSE stream".to_string(),
                         s => format!("the SSE stream was refused with HTTP {s}"),
                     }));
@@ -701,7 +679,7 @@ impl HttpTarget {
                 match status {
                     405 => self.stream = StreamState::Unsupported,
                     404 if self.session_id.is_some() => {
-                        out.push(UpEvent::Fatal(
+                        out.push(LinkEvent::Fatal(
                             "the upstream no longer knows this session (HTTP 404)".into(),
                         ));
                     }
@@ -710,7 +688,7 @@ impl HttpTarget {
                         self.stream = StreamState::RetryAt(Instant::now() + self.stream_delay);
                     }
                     s => {
-                        out.push(UpEvent::Log(format!(
+                        out.push(LinkEvent::Log(format!(
                             "{name}: GET stream refused with HTTP {s}; retrying"
                         )));
                         self.retry_stream_later();
@@ -727,11 +705,11 @@ impl HttpTarget {
                     (200..=299, false, Some(last)) if tries < MAX_RESUMES => {
                         self.resume(reg, id, last, tries + 1, out)
                     }
-                    (200..=299, false, _) => out.push(UpEvent::RequestFailed(
+                    (200..=299, false, _) => out.push(LinkEvent::RequestFailed(
                         id,
                         format!("target {name} ended its stream without an answer"),
                     )),
-                    (s, _, _) => out.push(UpEvent::RequestFailed(
+                    (s, _, _) => out.push(LinkEvent::RequestFailed(
                         id,
                         format!("target {name} refused to resume its stream (HTTP {s})"),
                     )),
@@ -741,7 +719,7 @@ impl HttpTarget {
                 let failed = match status {
                     200..=299 => None,
                     404 if self.session_id.is_some() && ex.out.request_id != self.init_id => {
-                        out.push(UpEvent::Fatal(
+                        out.push(LinkEvent::Fatal(
                             "the upstream no longer knows this session (HTTP 404)".into(),
                         ));
                         return;
@@ -753,7 +731,7 @@ impl HttpTarget {
                 };
                 let Some(id) = ex.out.request_id else {
                     if let Some(why) = failed {
-                        out.push(UpEvent::Log(why));
+                        out.push(LinkEvent::Log(why));
                     }
                     return;
                 };
@@ -761,18 +739,18 @@ impl HttpTarget {
                     return;
                 }
                 if let Some(why) = failed {
-                    out.push(UpEvent::RequestFailed(id, why));
+                    out.push(LinkEvent::RequestFailed(id, why));
                 } else if let (true, Some(last)) = (ex.sse, ex.last_event_id.clone()) {
                     // The server ended the POST stream early (SSE polling, SEP-1699): resume it
                     // from the last event id; the answer comes on the resumed stream.
                     self.resume(reg, id, last, 0, out);
                 } else if !ex.sse {
-                    out.push(UpEvent::RequestFailed(
+                    out.push(LinkEvent::RequestFailed(
                         id,
                         format!("target {name} sent no answer (HTTP {status})"),
                     ));
                 } else {
-                    out.push(UpEvent::RequestFailed(
+                    out.push(LinkEvent::RequestFailed(
                         id,
                         format!("target {name} ended its stream without an answer"),
                     ));
@@ -787,7 +765,7 @@ impl HttpTarget {
         id: u64,
         last: String,
         tries: u8,
-        out: &mut Vec<UpEvent>,
+        out: &mut Vec<LinkEvent>,
     ) {
         let o = Outgoing {
             kind: Kind::Resume,
@@ -805,7 +783,7 @@ impl HttpTarget {
     }
 
     /// The peer closed the connection.
-    fn on_eof(&mut self, reg: &mut dyn Registrar, token: Token, out: &mut Vec<UpEvent>) {
+    fn on_eof(&mut self, reg: &mut dyn Registrar, token: Token, out: &mut Vec<LinkEvent>) {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
@@ -848,7 +826,7 @@ impl HttpTarget {
         reg: &mut dyn Registrar,
         token: Token,
         why: &str,
-        out: &mut Vec<UpEvent>,
+        out: &mut Vec<LinkEvent>,
     ) {
         if self.stream == StreamState::Open(token) {
             self.stream = StreamState::RetryAt(Instant::now());
@@ -862,20 +840,25 @@ impl HttpTarget {
         }
     }
 
-    fn fail_outgoing(&mut self, o: Outgoing, why: &str, out: &mut Vec<UpEvent>) {
+    fn fail_outgoing(&mut self, o: Outgoing, why: &str, out: &mut Vec<LinkEvent>) {
         let name = &self.name;
         match o.kind {
             Kind::Post | Kind::Resume => match o.request_id {
-                Some(id) => out.push(UpEvent::RequestFailed(id, format!("target {name}: {why}"))),
-                None => out.push(UpEvent::Log(format!(
+                Some(id) => out.push(LinkEvent::RequestFailed(
+                    id,
+                    format!("target {name}: {why}"),
+                )),
+                None => out.push(LinkEvent::Log(format!(
                     "{name}: a notification was lost: {why}"
                 ))),
             },
             Kind::Stream if self.flavor == Flavor::Legacy => {
-                out.push(UpEvent::Fatal(format!("SSE stream: {why}")));
+                out.push(LinkEvent::Fatal(format!("SSE stream: {why}")));
             }
             Kind::Stream => {
-                out.push(UpEvent::Log(format!("{name}: GET stream: {why}; retrying")));
+                out.push(LinkEvent::Log(format!(
+                    "{name}: GET stream: {why}; retrying"
+                )));
                 self.retry_stream_later();
             }
             Kind::Delete => {}
@@ -892,13 +875,13 @@ impl HttpTarget {
     }
 
     /// Legacy: the stream named the URL to POST messages to.
-    fn set_endpoint(&mut self, ep: &str, out: &mut Vec<UpEvent>) {
+    fn set_endpoint(&mut self, ep: &str, out: &mut Vec<LinkEvent>) {
         let ep = ep.trim();
         let path = if ep.starts_with("http://") || ep.starts_with("https://") {
             match Url::parse(ep) {
                 Ok(u) => {
                     if u.host != self.url.host || u.port != self.url.port {
-                        out.push(UpEvent::Log(format!(
+                        out.push(LinkEvent::Log(format!(
                             "{}: endpoint {ep} names another host; posting to {} instead",
                             self.name,
                             self.url.authority()
@@ -906,7 +889,7 @@ impl HttpTarget {
                     }
                     u.path
                 }
-                Err(e) => return out.push(UpEvent::Fatal(format!("bad endpoint event: {e}"))),
+                Err(e) => return out.push(LinkEvent::Fatal(format!("bad endpoint event: {e}"))),
             }
         } else if ep.starts_with('/') {
             ep.to_string()
@@ -920,7 +903,7 @@ impl HttpTarget {
     }
 
     /// Deadlines: connection attempts, responses, idle connections, GET stream retries.
-    pub fn tick(&mut self, reg: &mut dyn Registrar, now: Instant, out: &mut Vec<UpEvent>) {
+    pub fn tick(&mut self, reg: &mut dyn Registrar, now: Instant, out: &mut Vec<LinkEvent>) {
         let late: Vec<(Token, bool)> = self
             .conns
             .iter()
@@ -982,7 +965,7 @@ fn parse_messages(
     name: &str,
     version: &mut Option<String>,
     init_id: Option<u64>,
-    out: &mut Vec<UpEvent>,
+    out: &mut Vec<LinkEvent>,
 ) {
     // The common case first: one plain answer, which needs no tree (the initialize answer
     // does: its protocolVersion is read below).
@@ -990,13 +973,13 @@ fn parse_messages(
         if Some(a.id) == ex.out.request_id {
             ex.answered = true;
         }
-        out.push(UpEvent::Answer(a.id, a.result.to_owned()));
+        out.push(LinkEvent::Answer(a.id, a.result.to_owned()));
         return;
     }
     let v: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => {
-            out.push(UpEvent::Log(format!(
+            out.push(LinkEvent::Log(format!(
                 "{name}: ignored a message that is not JSON: {e}"
             )));
             return;
@@ -1017,7 +1000,7 @@ fn parse_messages(
                 *version = Some(v.to_string());
             }
         }
-        out.push(UpEvent::Message(m));
+        out.push(LinkEvent::Message(m));
     }
 }
 

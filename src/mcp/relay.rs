@@ -1,0 +1,1243 @@
+//! The relay: the state machine per MCP session feeding the aggregation table, without I/O.
+//!
+//! The loop feeds it what clients and links said (`client_message`, `link_event`, ...) and the
+//! time (`tick`); the relay updates its sessions and calls and queues [`Action`]s, which the
+//! loop carries out in order (`next_action`): open, write to or close a link; answer a request
+//! of a POST; push a message on a POST's reply stream or a GET/legacy stream. Carrying out an
+//! action can feed the relay again (a link that could not be opened, a send that failed), which
+//! queues more. Nothing here touches a socket, a pipe or a process, so every path can be driven
+//! from unit tests.
+//!
+//! Ownership runs one way: a session holds its targets' links by id (`TargetSlot::link`), and
+//! the relay's `links` table says which holder each link serves, so a link never owns a client.
+
+use super::aggregate::{self, Part};
+use super::health::Health;
+use super::route::Dest;
+use super::session::{new_session_id, Call, CallKind, Phase, Session, TargetSlot, TargetState};
+use crate::config::{BackendTls, FailureMode, Limits, McpBackend};
+use crate::idmap::IdMap;
+use crate::jsonrpc::{self, Kind};
+use crate::log::short_id;
+use crate::metrics::{self, Outcome, UpstreamError};
+use crate::upstream::{LinkEvent, LinkId};
+use crate::{log, warn};
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// A client connection, as the loop numbers them.
+pub type ConnId = usize;
+
+/// What the loop is to do.
+#[derive(Debug)]
+pub enum Action {
+    /// Open link `link` to target `target` of `backend`, then report with `link_opened`.
+    Open {
+        link: LinkId,
+        backend: Rc<McpBackend>,
+        target: usize,
+        tls: Option<Rc<BackendTls>>,
+    },
+    /// Write one JSON-RPC message to a link.
+    Send { link: LinkId, msg: Value },
+    /// Close a link (stdin EOF and a grace period; an HTTP session is DELETEd).
+    Close { link: LinkId },
+    /// One answer for the exchange on `conn` (None: a request that will get none, such as a
+    /// cancelled one), already serialized. On a legacy stream it is sent as an event.
+    Answer { conn: ConnId, text: Option<String> },
+    /// A message for session `session`'s client on `conn`: a POST's reply (which turns into
+    /// an SSE stream) or the session's stream. If `conn` is not serving that session any more,
+    /// hand it back with `undelivered`.
+    Push {
+        conn: ConnId,
+        session: u64,
+        msg: Value,
+    },
+    /// The session ended: end its GET stream on `conn`.
+    EndStream { conn: ConnId },
+    /// The POST on `conn` must not hand out its session id (its `initialize` failed).
+    NoSessionHeader { conn: ConnId },
+    /// For the access log: the target the request on `conn` went to.
+    NoteTarget { conn: ConnId, target: String },
+}
+
+/// Where a server-to-client message should go.
+enum Hint {
+    Call(u64),
+    Target(usize),
+}
+
+pub struct Relay {
+    sessions: IdMap<u64, Session>,
+    session_ids: HashMap<String, u64>,
+    next_session: u64,
+    /// Link -> its holder: (session, target index).
+    links: IdMap<LinkId, (u64, usize)>,
+    next_link: LinkId,
+    pub health: Health,
+    limits: Limits,
+    actions: VecDeque<Action>,
+}
+
+impl Relay {
+    pub fn new(limits: Limits) -> Relay {
+        Relay {
+            sessions: IdMap::default(),
+            session_ids: HashMap::new(),
+            next_session: 1,
+            links: IdMap::default(),
+            next_link: 1,
+            health: Health::default(),
+            limits,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// New settings (a reload); sessions keep their backends, new limits apply at once.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// The next thing the loop must do.
+    pub fn next_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether any call is in flight on any session.
+    pub fn busy(&self) -> bool {
+        self.sessions.values().any(|s| !s.calls.is_empty())
+    }
+
+    fn push(&mut self, a: Action) {
+        self.actions.push_back(a);
+    }
+
+    // ---- sessions ------------------------------------------------------------------------
+
+    /// A new session, not yet initialized (no targets started): its key and its id.
+    pub fn create_session(
+        &mut self,
+        backend: Rc<McpBackend>,
+        tls: Option<Rc<BackendTls>>,
+        legacy: bool,
+    ) -> Result<(u64, String), (i64, String)> {
+        if self.sessions.len() >= self.limits.max_sessions {
+            return Err((jsonrpc::UPSTREAM_ERROR, "too many sessions".into()));
+        }
+        let random = new_session_id().map_err(|e| {
+            (
+                jsonrpc::INTERNAL_ERROR,
+                format!("cannot create a session id: {e}"),
+            )
+        })?;
+        let sid = match &self.limits.instance_id {
+            Some(instance) => format!("{instance}.{random}"),
+            None => random,
+        };
+        let sk = self.next_session;
+        self.next_session += 1;
+        let mut s = Session::new(sid.clone(), backend, Value::Null);
+        s.tls = tls;
+        s.legacy = legacy;
+        s.metric_all = metrics::with(|m| {
+            m.sessions_started += 1;
+            m.target(&format!("{}/*", s.backend.name))
+        });
+        s.metric_gateway = metrics::with(|m| m.target("gateway"));
+        log!(
+            "[{}] session started ({} target(s){})",
+            short_id(&sid),
+            s.backend.targets.len(),
+            if legacy { ", legacy SSE" } else { "" }
+        );
+        self.sessions.insert(sk, s);
+        self.session_ids.insert(sid.clone(), sk);
+        Ok((sk, sid))
+    }
+
+    /// The session a client names by id.
+    pub fn session_key(&self, sid: &str) -> Option<u64> {
+        self.session_ids.get(sid).copied()
+    }
+
+    /// A legacy session and the connection of its stream.
+    pub fn legacy_stream(&self, sid: &str) -> Option<(u64, ConnId)> {
+        let sk = self.session_key(sid)?;
+        let s = self.sessions.get(&sk).filter(|s| s.legacy)?;
+        Some((sk, s.get_stream?))
+    }
+
+    /// The client was heard from (the idle TTL starts again).
+    pub fn touch(&mut self, sk: u64) {
+        if let Some(s) = self.sessions.get_mut(&sk) {
+            s.last_active = Instant::now();
+        }
+    }
+
+    /// `conn` becomes the session's stream. Some: what was kept for it, to send first; None:
+    /// the session has a stream already (or is gone).
+    pub fn open_stream(&mut self, sk: u64, conn: ConnId) -> Option<Vec<Value>> {
+        let s = self.sessions.get_mut(&sk)?;
+        if s.get_stream.is_some() {
+            return None;
+        }
+        s.get_stream = Some(conn);
+        s.last_active = Instant::now();
+        Some(s.backlog.drain(..).collect())
+    }
+
+    /// A message a `Push` could not deliver: kept for the session's next stream.
+    pub fn undelivered(&mut self, sk: u64, msg: Value) {
+        if let Some(s) = self.sessions.get_mut(&sk) {
+            s.push_backlog(msg);
+        }
+    }
+
+    /// The session's stream on `conn` closed. A legacy session lives exactly as long as it.
+    pub fn stream_closed(&mut self, sk: u64, conn: ConnId) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        if s.get_stream != Some(conn) {
+            return;
+        }
+        s.get_stream = None;
+        if s.legacy {
+            self.end_session(sk, "the client closed its SSE stream");
+        }
+    }
+
+    /// The POST on `conn` went away before its answers: its calls are cancelled upstream.
+    pub fn exchange_closed(&mut self, sk: u64, conn: ConnId) {
+        let Some(s) = self.sessions.get(&sk) else {
+            return;
+        };
+        let orphaned: Vec<u64> = s
+            .calls
+            .iter()
+            .filter(|(_, c)| c.conn == Some(conn))
+            .map(|(k, _)| *k)
+            .collect();
+        for call in orphaned {
+            self.cancel_call(sk, call, "client disconnected");
+        }
+    }
+
+    /// The client's `initialize`: negotiates the version and opens a link to every target;
+    /// once all are open (or failed), each gets its `initialize`. The answer goes to `reply`.
+    pub fn initialize(&mut self, sk: u64, reply: ConnId, msg: Value) {
+        let client_id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        if !s.targets.is_empty() {
+            let e = jsonrpc::error(
+                client_id,
+                jsonrpc::INVALID_REQUEST,
+                "session is already initialized",
+            );
+            return self.reply(Some(reply), e);
+        }
+        let mut params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
+        if !params.is_object() {
+            params = json!({});
+        }
+        let asked = params
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let version = if super::is_supported(asked) {
+            asked
+        } else {
+            super::LATEST_VERSION
+        }
+        .to_string();
+        params["protocolVersion"] = Value::String(version.clone());
+        s.version = version;
+        s.init_params = params;
+        s.init_request = Some((Some(reply), client_id));
+        let backend = Rc::clone(&s.backend);
+        let tls = s.tls.clone();
+        for (t, target) in backend.targets.iter().enumerate() {
+            let metric = metrics::with(|m| m.target(&format!("{}/{}", backend.name, target.name)));
+            let mut slot = TargetSlot {
+                name: target.name.clone(),
+                state: TargetState::Starting,
+                link: None,
+                init_result: None,
+                metric,
+            };
+            match self.health.backing_off(&backend.name, &target.name) {
+                Some(why) => slot.state = TargetState::Failed(why),
+                None => {
+                    let link = self.next_link;
+                    self.next_link += 1;
+                    self.links.insert(link, (sk, t));
+                    slot.link = Some(link);
+                    s.opening += 1;
+                    self.actions.push_back(Action::Open {
+                        link,
+                        backend: Rc::clone(&backend),
+                        target: t,
+                        tls: tls.clone(),
+                    });
+                }
+            }
+            s.targets.push(slot);
+        }
+        if s.opening == 0 {
+            self.start_initialize(sk);
+        }
+    }
+
+    /// The loop opened link `link`, or could not (`Err`: why).
+    pub fn link_opened(&mut self, link: LinkId, result: Result<(), String>) {
+        let Some(&(sk, t)) = self.links.get(&link) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        if let Err(why) = result {
+            self.links.remove(&link);
+            if let Some(slot) = s.targets.get_mut(t) {
+                log!("[{}] target {}: {why}", short_id(&s.id), slot.name);
+                metrics::with(|m| m.upstream_error(slot.metric, UpstreamError::Start));
+                slot.link = None;
+                slot.state = TargetState::Failed(why.clone());
+            }
+            if let Some(target) = s.backend.targets.get(t) {
+                let backoff = self.limits.target_backoff;
+                self.health
+                    .record(&s.backend.name, target, Err(&why), backoff);
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        s.opening = s.opening.saturating_sub(1);
+        if s.opening == 0 {
+            self.start_initialize(sk);
+        }
+    }
+
+    /// Every link of a new session is open (or failed): `initialize` to each that started.
+    fn start_initialize(&mut self, sk: u64) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some((reply, client_id)) = s.init_request.take() else {
+            return;
+        };
+        let parts = (0..s.targets.len())
+            .filter(|&t| s.targets[t].state == TargetState::Starting)
+            .map(|t| (t, Some(s.init_params.clone())))
+            .collect();
+        let timeout = self.limits.init_timeout;
+        self.start_call(
+            sk,
+            reply,
+            client_id,
+            "initialize",
+            CallKind::Initialize,
+            parts,
+            timeout,
+        );
+    }
+
+    /// Ends a session: pending calls get an error, the GET stream ends, links are closed.
+    pub fn end_session(&mut self, sk: u64, why: &str) {
+        let Some(mut s) = self.sessions.remove(&sk) else {
+            return;
+        };
+        self.session_ids.remove(&s.id);
+        log!("[{}] session ended: {why}", short_id(&s.id));
+        for (_, call) in s.calls.drain() {
+            let e = jsonrpc::error(
+                call.client_id,
+                jsonrpc::UPSTREAM_ERROR,
+                &format!("session ended: {why}"),
+            );
+            if let Some(conn) = call.conn {
+                self.push(Action::Answer {
+                    conn,
+                    text: Some(serde_json::to_string(&e).unwrap_or_default()),
+                });
+            }
+        }
+        if let Some(conn) = s.get_stream.take() {
+            self.push(Action::EndStream { conn });
+        }
+        for slot in s.targets.iter_mut() {
+            if let Some(link) = slot.link.take() {
+                self.links.remove(&link);
+                self.push(Action::Close { link });
+            }
+        }
+    }
+
+    /// Ends every session (shutdown).
+    pub fn end_all(&mut self, why: &str) {
+        let keys: Vec<u64> = self.sessions.keys().copied().collect();
+        for sk in keys {
+            self.end_session(sk, why);
+        }
+    }
+
+    /// Marks a target failed: its link is closed, its pending requests get an error naming
+    /// it, later ones too.
+    fn target_failed(&mut self, sk: u64, t: usize, why: &str) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some(slot) = s.targets.get_mut(t) else {
+            return;
+        };
+        if matches!(slot.state, TargetState::Failed(_)) && slot.link.is_none() {
+            return;
+        }
+        let name = slot.name.clone();
+        warn!("[{}] target {name} failed: {why}", short_id(&s.id));
+        metrics::with(|m| m.upstream_error(slot.metric, UpstreamError::Target));
+        let was_starting = slot.state == TargetState::Starting;
+        if !matches!(slot.state, TargetState::Failed(_)) {
+            slot.state = TargetState::Failed(why.to_string());
+        }
+        slot.init_result = None;
+        if let Some(link) = slot.link.take() {
+            self.links.remove(&link);
+            self.actions.push_back(Action::Close { link });
+        }
+        s.server_requests.retain(|_, (target, _)| *target != t);
+        let mut hits = Vec::new();
+        for (&cid, call) in s.calls.iter() {
+            for (i, (target, uid, r)) in call.parts.iter().enumerate() {
+                if *target == t && r.is_none() {
+                    hits.push((cid, i, *uid));
+                }
+            }
+        }
+        let was_ready = s.phase == Phase::Ready && !was_starting;
+        let all_failed = s.phase == Phase::Ready
+            && s.targets
+                .iter()
+                .all(|x| matches!(x.state, TargetState::Failed(_)));
+        if all_failed {
+            log!("[{}] session failed: no target left", short_id(&s.id));
+        }
+        if was_ready {
+            if let Some(target) = s.backend.targets.get(t) {
+                let backoff = self.limits.target_backoff;
+                self.health
+                    .record(&s.backend.name, target, Err(why), backoff);
+            }
+        }
+        let err = json!({"code": jsonrpc::UPSTREAM_ERROR, "message": format!("target {name} failed: {why}")});
+        for (cid, part, uid) in hits {
+            if let Some(s) = self.sessions.get_mut(&sk) {
+                s.upstream.remove(&uid);
+            }
+            self.finish_part(sk, cid, part, Err(err.clone()));
+        }
+    }
+
+    // ---- messages from the client --------------------------------------------------------
+
+    /// One valid JSON-RPC message from a session's client; answers go to `conn`.
+    pub fn client_message(&mut self, sk: u64, conn: ConnId, kind: Kind, msg: Value) {
+        match kind {
+            Kind::Request => self.client_request(sk, conn, msg),
+            Kind::Notification => self.client_notification(sk, msg),
+            Kind::Response => self.client_response(sk, msg),
+        }
+    }
+
+    fn client_request(&mut self, sk: u64, conn: ConnId, mut msg: Value) {
+        let client_id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let method = jsonrpc::method(&msg).to_string();
+        let params = msg.get_mut("params").map(Value::take);
+        let Some(s) = self.sessions.get(&sk) else {
+            return;
+        };
+        let gateway = s.metric_gateway;
+        // A request the gateway answers with an error itself: counted against `gateway`.
+        let refuse = |relay: &mut Relay, code: i64, why: &str| {
+            metrics::with(|m| m.request(&method, gateway, Outcome::Error, Duration::ZERO));
+            relay.reply(Some(conn), jsonrpc::error(client_id.clone(), code, why));
+        };
+        if method == "initialize" {
+            return refuse(
+                self,
+                jsonrpc::INVALID_REQUEST,
+                "session is already initialized",
+            );
+        }
+        if s.calls.len() >= self.limits.max_inflight {
+            return refuse(
+                self,
+                jsonrpc::UPSTREAM_ERROR,
+                "too many requests in flight for this session",
+            );
+        }
+        let timeout = self.limits.request_timeout;
+        match s.naming.route(&method, params.as_ref()) {
+            Ok(Dest::Local) => {
+                metrics::with(|m| m.request(&method, gateway, Outcome::Ok, Duration::ZERO));
+                self.reply(Some(conn), jsonrpc::result(client_id.clone(), json!({})))
+            }
+            Ok(Dest::One(t, p)) => {
+                if crate::log::access_log() != crate::log::AccessLog::Off {
+                    let target = s.naming.targets.get(t).cloned().unwrap_or_default();
+                    self.actions.push_back(Action::NoteTarget { conn, target });
+                }
+                if let Some(TargetState::Failed(why)) = s.targets.get(t).map(|x| &x.state) {
+                    let why = format!("target {} is unavailable: {why}", s.naming.targets[t]);
+                    return refuse(self, jsonrpc::UPSTREAM_ERROR, &why);
+                }
+                self.start_call(
+                    sk,
+                    Some(conn),
+                    client_id,
+                    &method,
+                    CallKind::Forward,
+                    vec![(t, p)],
+                    timeout,
+                );
+            }
+            Ok(Dest::All) => {
+                let cursor = match params.as_ref().and_then(|p| p.get("cursor")) {
+                    None | Some(Value::Null) => Ok(None),
+                    // Shared bare names come as one whole page: no cursor is ever handed out.
+                    Some(Value::String(c)) if !s.naming.shared() => Ok(Some(c.as_str())),
+                    Some(_) => Err("invalid cursor".to_string()),
+                };
+                let pages = match cursor.and_then(|c| aggregate::decode_cursor(c, s.targets.len()))
+                {
+                    Ok(p) => p,
+                    Err(why) => return refuse(self, jsonrpc::INVALID_PARAMS, &why),
+                };
+                let mut parts = Vec::new();
+                for (t, cur) in pages {
+                    if s.targets.get(t).map(|x| &x.state) != Some(&TargetState::Ready) {
+                        continue;
+                    }
+                    let mut p = params.clone().unwrap_or_else(|| json!({}));
+                    if let Value::Object(o) = &mut p {
+                        match cur {
+                            Some(c) => o.insert("cursor".into(), Value::String(c)),
+                            None => o.remove("cursor"),
+                        };
+                    }
+                    parts.push((t, Some(p)));
+                }
+                self.start_call(
+                    sk,
+                    Some(conn),
+                    client_id,
+                    &method,
+                    CallKind::FanOut,
+                    parts,
+                    timeout,
+                );
+            }
+            Err(why) => refuse(self, jsonrpc::INVALID_PARAMS, &why),
+        }
+    }
+
+    fn client_notification(&mut self, sk: u64, msg: Value) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        match jsonrpc::method(&msg) {
+            "notifications/cancelled" => {
+                let Some(rid) = msg.pointer("/params/requestId") else {
+                    return;
+                };
+                if let Some(&call) = s.by_client_id.get(&jsonrpc::id_key(rid)) {
+                    let reason = msg
+                        .pointer("/params/reason")
+                        .and_then(Value::as_str)
+                        .unwrap_or("cancelled by the client");
+                    let reason = reason.to_string();
+                    self.cancel_call(sk, call, &reason);
+                }
+            }
+            m => {
+                if m == "notifications/initialized" {
+                    s.phase = Phase::Ready;
+                }
+                let ready: Vec<usize> = (0..s.targets.len())
+                    .filter(|&t| s.targets[t].state == TargetState::Ready)
+                    .collect();
+                for t in ready {
+                    let _ = self.send(sk, t, msg.clone());
+                }
+            }
+        }
+    }
+
+    /// The client's answer to a server-to-client request goes back to the target that asked,
+    /// with the target's own id.
+    fn client_response(&mut self, sk: u64, mut msg: Value) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some(gid) = msg.get("id").and_then(Value::as_u64) else {
+            return;
+        };
+        let Some((t, orig)) = s.server_requests.remove(&gid) else {
+            log!(
+                "[{}] answer to an unknown request id {gid} dropped",
+                short_id(&s.id)
+            );
+            return;
+        };
+        msg["id"] = orig;
+        let _ = self.send(sk, t, msg);
+    }
+
+    /// Sends one upstream request per part and records the call.
+    #[allow(clippy::too_many_arguments)]
+    fn start_call(
+        &mut self,
+        sk: u64,
+        conn: Option<ConnId>,
+        client_id: Value,
+        method: &str,
+        kind: CallKind,
+        parts: Vec<(usize, Option<Value>)>,
+        timeout: Duration,
+    ) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let cid = s.alloc_id();
+        let exhaust = (kind == CallKind::FanOut
+            && s.naming.shared()
+            && aggregate::list_shape(method).is_some())
+        .then(|| {
+            parts
+                .first()
+                .and_then(|(_, p)| p.clone())
+                .unwrap_or_else(|| json!({}))
+        });
+        let mut progress = None;
+        let mut sends = Vec::new();
+        let mut call_parts = Vec::new();
+        for (t, mut params) in parts {
+            let uid = s.alloc_id();
+            // Progress tokens become the upstream request id, so a progress notification
+            // finds its call with one lookup and no target sees another's token.
+            if let Some(tok) = params
+                .as_mut()
+                .and_then(|p| p.pointer_mut("/_meta/progressToken"))
+            {
+                progress = Some(std::mem::replace(tok, json!(uid)));
+            }
+            s.upstream.insert(uid, cid);
+            sends.push((t, jsonrpc::request(json!(uid), method, params)));
+            call_parts.push((t, uid, None));
+        }
+        let remaining = call_parts.len();
+        s.by_client_id.insert(jsonrpc::id_key(&client_id), cid);
+        s.calls.insert(
+            cid,
+            Call {
+                conn,
+                client_id,
+                method: method.to_string(),
+                kind,
+                parts: call_parts,
+                remaining,
+                progress,
+                deadline: Instant::now() + timeout,
+                exhaust,
+                started: Instant::now(),
+            },
+        );
+        if remaining == 0 {
+            self.complete_call(sk, cid);
+            return;
+        }
+        for (i, (t, req)) in sends.into_iter().enumerate() {
+            if let Err(why) = self.send(sk, t, req) {
+                let err = json!({"code": jsonrpc::UPSTREAM_ERROR, "message": why});
+                self.finish_part(sk, cid, i, Err(err));
+            }
+        }
+    }
+
+    /// Queues a message for a target's link. Err: the target has none.
+    fn send(&mut self, sk: u64, t: usize, msg: Value) -> Result<(), String> {
+        let s = self.sessions.get(&sk).ok_or("session ended")?;
+        let slot = s.targets.get(t).ok_or("no such target")?;
+        let Some(link) = slot.link else {
+            return Err(format!("target {} is not running", slot.name));
+        };
+        self.push(Action::Send { link, msg });
+        Ok(())
+    }
+
+    /// Drops a call: each upstream still working on it is told `notifications/cancelled`.
+    fn cancel_call(&mut self, sk: u64, cid: u64, reason: &str) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some(call) = s.calls.remove(&cid) else {
+            return;
+        };
+        s.by_client_id.remove(&jsonrpc::id_key(&call.client_id));
+        let mut notes = Vec::new();
+        for (t, uid, r) in &call.parts {
+            s.upstream.remove(uid);
+            if r.is_none() && call.kind != CallKind::Initialize {
+                let n = jsonrpc::notification(
+                    "notifications/cancelled",
+                    Some(json!({"requestId": uid, "reason": reason})),
+                );
+                notes.push((*t, n));
+            }
+        }
+        for (t, n) in notes {
+            let _ = self.send(sk, t, n);
+        }
+        // The client will not get an answer for a cancelled request; its POST ends without it.
+        if let Some(conn) = call.conn {
+            self.push(Action::Answer { conn, text: None });
+        }
+    }
+
+    fn call_timeout(&mut self, sk: u64, cid: u64) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some(call) = s.calls.get(&cid) else {
+            return;
+        };
+        let pending: Vec<(usize, usize)> = call
+            .parts
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, r))| r.is_none())
+            .map(|(i, (t, _, _))| (i, *t))
+            .collect();
+        warn!("[{}] {} timed out", short_id(&s.id), call.method);
+        for (i, t) in pending {
+            let Some(s) = self.sessions.get_mut(&sk) else {
+                return;
+            };
+            let name = s.naming.targets.get(t).cloned().unwrap_or_default();
+            let label = s.targets.get(t).map_or(s.metric_all, |x| x.metric);
+            metrics::with(|m| m.upstream_error(label, UpstreamError::Timeout));
+            let uid = s.calls.get(&cid).map(|c| c.parts[i].1);
+            if let Some(uid) = uid {
+                s.upstream.remove(&uid);
+                let n = jsonrpc::notification(
+                    "notifications/cancelled",
+                    Some(json!({"requestId": uid, "reason": "timed out in the gateway"})),
+                );
+                let _ = self.send(sk, t, n);
+            }
+            let err = json!({"code": jsonrpc::REQUEST_TIMEOUT, "message": format!("target {name} did not answer in time")});
+            self.finish_part(sk, cid, i, Err(err));
+        }
+    }
+
+    fn finish_part(&mut self, sk: u64, cid: u64, part: usize, r: Result<Value, Value>) {
+        let Some(call) = self
+            .sessions
+            .get_mut(&sk)
+            .and_then(|s| s.calls.get_mut(&cid))
+        else {
+            return;
+        };
+        let Some(slot) = call.parts.get_mut(part) else {
+            return;
+        };
+        if slot.2.is_some() {
+            return;
+        }
+        // With shared bare names, a list is only right once every page of every target is in:
+        // follow the target's cursor before answering.
+        let next = match (&r, &call.exhaust) {
+            (Ok(v), Some(params)) => v
+                .get("nextCursor")
+                .and_then(Value::as_str)
+                .map(|c| (slot.0, c.to_string(), params.clone())),
+            _ => None,
+        };
+        slot.2 = Some(r);
+        call.remaining -= 1;
+        if let Some((t, cursor, mut params)) = next {
+            let method = call.method.clone();
+            let Some(s) = self.sessions.get_mut(&sk) else {
+                return;
+            };
+            let uid = s.alloc_id();
+            s.upstream.insert(uid, cid);
+            let Some(call) = s.calls.get_mut(&cid) else {
+                return;
+            };
+            call.parts.push((t, uid, None));
+            call.remaining += 1;
+            let index = call.parts.len() - 1;
+            params["cursor"] = Value::String(cursor);
+            let req = jsonrpc::request(json!(uid), &method, Some(params));
+            if let Err(why) = self.send(sk, t, req) {
+                let err = json!({"code": jsonrpc::UPSTREAM_ERROR, "message": why});
+                self.finish_part(sk, cid, index, Err(err));
+            }
+            return;
+        }
+        if call.remaining == 0 {
+            self.complete_call(sk, cid);
+        }
+    }
+
+    fn complete_call(&mut self, sk: u64, cid: u64) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some((call, label)) = s.take_call(cid) else {
+            return;
+        };
+        let failed = call.parts.iter().all(|(_, _, r)| matches!(r, Some(Err(_))));
+        let outcome = if failed && !call.parts.is_empty() {
+            Outcome::Error
+        } else {
+            Outcome::Ok
+        };
+        metrics::with(|m| m.request(&call.method, label, outcome, call.started.elapsed()));
+        let answer = match call.kind {
+            CallKind::Forward => match call.parts.into_iter().next() {
+                Some((t, _, Some(Ok(mut v)))) => {
+                    aggregate::prefix_result_uris(&mut v, t, &s.naming);
+                    jsonrpc::result(call.client_id, v)
+                }
+                Some((_, _, Some(Err(e)))) => jsonrpc::error_answer(call.client_id, e),
+                _ => jsonrpc::error(call.client_id, jsonrpc::INTERNAL_ERROR, "no answer"),
+            },
+            CallKind::FanOut => {
+                let mut ok = Vec::with_capacity(call.parts.len());
+                let mut first_err = None;
+                for (t, _, r) in call.parts {
+                    match r {
+                        Some(Ok(v)) => ok.push((t, v)),
+                        Some(Err(e)) if first_err.is_none() => first_err = Some(e),
+                        _ => {}
+                    }
+                }
+                match (ok.is_empty(), first_err) {
+                    (true, Some(e)) => jsonrpc::error_answer(call.client_id, e),
+                    _ if call.method == "logging/setLevel" => {
+                        jsonrpc::result(call.client_id, json!({}))
+                    }
+                    _ => jsonrpc::result(
+                        call.client_id,
+                        aggregate::merge_list(&call.method, ok, &mut s.naming),
+                    ),
+                }
+            }
+            CallKind::Initialize => return self.complete_init(sk, call),
+        };
+        self.reply(call.conn, answer);
+    }
+
+    fn complete_init(&mut self, sk: u64, call: Call) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let mut outcomes = Vec::new();
+        for (t, _, r) in &call.parts {
+            let Some(slot) = s.targets.get_mut(*t) else {
+                continue;
+            };
+            match r {
+                Some(Ok(v)) if slot.link.is_some() => {
+                    slot.state = TargetState::Ready;
+                    slot.init_result = Some(v.clone());
+                    outcomes.push((*t, None));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    let msg = e
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("initialize failed");
+                    slot.state = TargetState::Failed(msg.to_string());
+                    outcomes.push((*t, Some(msg.to_string())));
+                }
+                None => {}
+            }
+        }
+        let backoff = self.limits.target_backoff;
+        for (t, failure) in outcomes {
+            if let Some(target) = s.backend.targets.get(t) {
+                let outcome = failure.as_deref().map_or(Ok(()), Err);
+                self.health
+                    .record(&s.backend.name, target, outcome, backoff);
+            }
+        }
+        let failed: Vec<String> = s
+            .targets
+            .iter()
+            .filter_map(|slot| match &slot.state {
+                // Upstream errors often name the target already.
+                TargetState::Failed(why) if why.starts_with(&format!("target {}", slot.name)) => {
+                    Some(why.clone())
+                }
+                TargetState::Failed(why) => Some(format!("target {}: {why}", slot.name)),
+                _ => None,
+            })
+            .collect();
+        let ready = s
+            .targets
+            .iter()
+            .filter(|x| x.state == TargetState::Ready)
+            .count();
+        if ready == 0 || (!failed.is_empty() && s.backend.failure_mode == FailureMode::FailClosed) {
+            let why = format!("initialize failed: {}", failed.join("; "));
+            let e = jsonrpc::error(call.client_id, jsonrpc::UPSTREAM_ERROR, &why);
+            if let Some(conn) = call.conn {
+                self.push(Action::NoSessionHeader { conn });
+            }
+            self.reply(call.conn, e);
+            self.end_session(sk, &why);
+            return;
+        }
+        for f in &failed {
+            log!("[{}] continuing without {f} (failOpen)", short_id(&s.id));
+        }
+        let parts: Vec<Part<'_>> = s
+            .targets
+            .iter()
+            .enumerate()
+            .filter_map(|(t, slot)| {
+                slot.init_result.as_ref().map(|r| Part {
+                    target: t,
+                    result: r,
+                })
+            })
+            .collect();
+        // One target: keep the version it chose if we speak it; else the client's (or ours).
+        let version = match parts.as_slice() {
+            [only] => only
+                .result
+                .get("protocolVersion")
+                .and_then(Value::as_str)
+                .filter(|v| super::is_supported(v))
+                .unwrap_or(&s.version)
+                .to_string(),
+            _ => s.version.clone(),
+        };
+        let merged = aggregate::merge_initialize(&parts, &s.naming, &version);
+        s.version = version;
+        log!(
+            "[{}] session ready (protocol {})",
+            short_id(&s.id),
+            s.version
+        );
+        let stream = s.get_stream;
+        // What targets said during initialization waits for a stream; a legacy session has
+        // had one all along.
+        let backlog: Vec<Value> = match stream {
+            Some(_) => s.backlog.drain(..).collect(),
+            None => Vec::new(),
+        };
+        self.reply(call.conn, jsonrpc::result(call.client_id, merged));
+        if let Some(conn) = stream {
+            for msg in backlog {
+                self.push(Action::Push {
+                    conn,
+                    session: sk,
+                    msg,
+                });
+            }
+        }
+    }
+
+    /// Queues an answer the front made (an invalid message on a legacy session's endpoint).
+    pub fn answer(&mut self, conn: ConnId, msg: &Value) {
+        let text = Some(serde_json::to_string(msg).unwrap_or_default());
+        self.push(Action::Answer { conn, text });
+    }
+
+    /// Queues one answer for the connection that asked.
+    fn reply(&mut self, conn: Option<ConnId>, msg: Value) {
+        if let Some(conn) = conn {
+            // serde_json's writer, not Display: that goes through fmt::Write, byte run by byte run.
+            let text = Some(serde_json::to_string(&msg).unwrap_or_default());
+            self.push(Action::Answer { conn, text });
+        }
+    }
+
+    // ---- what links said -----------------------------------------------------------------
+
+    /// Something a link reported.
+    pub fn link_event(&mut self, link: LinkId, ev: LinkEvent) {
+        let Some(&(sk, t)) = self.links.get(&link) else {
+            return; // a link that no longer serves anyone
+        };
+        match ev {
+            LinkEvent::Message(m) => self.target_message(sk, t, m),
+            LinkEvent::Answer(uid, result) => self.target_answer(sk, t, uid, result.get()),
+            LinkEvent::RequestFailed(uid, why) => {
+                let Some(s) = self.sessions.get_mut(&sk) else {
+                    return;
+                };
+                let label = s.targets.get(t).map_or(s.metric_all, |x| x.metric);
+                metrics::with(|m| m.upstream_error(label, UpstreamError::Request));
+                let Some(cid) = s.upstream.remove(&uid) else {
+                    return;
+                };
+                let part = s
+                    .calls
+                    .get(&cid)
+                    .and_then(|c| c.parts.iter().position(|p| p.1 == uid));
+                if let Some(part) = part {
+                    let err = json!({"code": jsonrpc::UPSTREAM_ERROR, "message": why});
+                    self.finish_part(sk, cid, part, Err(err));
+                }
+            }
+            LinkEvent::Fatal(why) => self.target_failed(sk, t, &why),
+            LinkEvent::Log(line) => {
+                if let Some(s) = self.sessions.get(&sk) {
+                    log!("[{}] {line}", short_id(&s.id));
+                }
+            }
+        }
+    }
+
+    /// A target's success answer to upstream request `uid`, its result still text: relayed as
+    /// it is when it can be, else parsed (the result alone) for the general path.
+    fn target_answer(&mut self, sk: u64, t: usize, uid: u64, result: &str) {
+        if self.relay_result(sk, t, uid, result) {
+            return;
+        }
+        // It parsed as JSON already, so this cannot fail; if it did, the answer is dropped
+        // like any unparsable line.
+        if let Ok(v) = serde_json::from_str(result) {
+            self.target_message(sk, t, jsonrpc::result(Value::from(uid), v));
+        }
+    }
+
+    /// The common case without a `Value` tree: a successful answer to a call forwarded to one
+    /// target, whose result needs no rewriting, is the client's id spliced in front of the
+    /// target's `result` text. Returns false (nothing done) for anything else, which then takes
+    /// the general path.
+    fn relay_result(&mut self, sk: u64, t: usize, uid: u64, result: &str) -> bool {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return false;
+        };
+        let Some(&cid) = s.upstream.get(&uid) else {
+            return false;
+        };
+        let plain = |c: &Call| {
+            c.kind == CallKind::Forward
+                && c.parts.len() == 1
+                && c.parts[0].0 == t
+                && c.exhaust.is_none()
+                // Only `uri` fields are ever rewritten (see aggregate::prefix_result_uris).
+                && (!s.naming.prefixed || !result.contains("\"uri\""))
+        };
+        if !s.calls.get(&cid).is_some_and(plain) {
+            return false;
+        }
+        s.upstream.remove(&uid);
+        let Some((call, label)) = s.take_call(cid) else {
+            return false;
+        };
+        metrics::with(|m| m.request(&call.method, label, Outcome::Ok, call.started.elapsed()));
+        if let Some(conn) = call.conn {
+            let mut text = String::with_capacity(result.len() + 48);
+            text.push_str(r#"{"jsonrpc":"2.0","id":"#);
+            text.push_str(&call.client_id.to_string());
+            text.push_str(r#","result":"#);
+            text.push_str(result);
+            text.push('}');
+            self.push(Action::Answer {
+                conn,
+                text: Some(text),
+            });
+        }
+        true
+    }
+
+    /// One JSON-RPC message from a target, whatever its transport.
+    fn target_message(&mut self, sk: u64, t: usize, mut msg: Value) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        match jsonrpc::classify(&msg) {
+            Ok(Kind::Response) => {
+                let Some(uid) = msg.get("id").and_then(Value::as_u64) else {
+                    return;
+                };
+                let Some(&cid) = s.upstream.get(&uid) else {
+                    return; // late answer to a cancelled or timed-out request
+                };
+                // Only the target that was asked can answer (ids are per session, not per
+                // target, and easy to guess).
+                let Some(part) = s
+                    .calls
+                    .get(&cid)
+                    .and_then(|c| c.parts.iter().position(|p| p.1 == uid && p.0 == t))
+                else {
+                    return;
+                };
+                s.upstream.remove(&uid);
+                let r = match msg.get_mut("error") {
+                    Some(e) => Err(e.take()),
+                    None => Ok(msg
+                        .get_mut("result")
+                        .map(Value::take)
+                        .unwrap_or(Value::Null)),
+                };
+                self.finish_part(sk, cid, part, r);
+            }
+            Ok(Kind::Request) => {
+                let gid = s.alloc_id();
+                let orig = std::mem::replace(&mut msg["id"], json!(gid));
+                s.server_requests.insert(gid, (t, orig));
+                self.deliver(sk, msg, Hint::Target(t));
+            }
+            Ok(Kind::Notification) => self.target_notification(sk, t, msg),
+            Err(why) => log!(
+                "[{}] target sent an invalid message ({why}); ignored",
+                short_id(&s.id)
+            ),
+        }
+    }
+
+    fn target_notification(&mut self, sk: u64, t: usize, mut msg: Value) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let mut hint = Hint::Target(t);
+        match jsonrpc::method(&msg) {
+            "notifications/progress" => {
+                let Some(tok) = msg.pointer_mut("/params/progressToken") else {
+                    return;
+                };
+                let call = tok.as_u64().and_then(|u| s.upstream.get(&u)).copied();
+                let Some(cid) = call else {
+                    return; // a token this session never handed out
+                };
+                let Some(client_tok) = s.calls.get(&cid).and_then(|c| c.progress.clone()) else {
+                    return;
+                };
+                *tok = client_tok;
+                hint = Hint::Call(cid);
+            }
+            "notifications/cancelled" => {
+                // The target withdraws one of its requests to the client: translate its id.
+                let rid = msg
+                    .pointer("/params/requestId")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let gid = s
+                    .server_requests
+                    .iter()
+                    .find(|(_, (tt, o))| *tt == t && *o == rid)
+                    .map(|(g, _)| *g);
+                let Some(gid) = gid else {
+                    return;
+                };
+                s.server_requests.remove(&gid);
+                msg["params"]["requestId"] = json!(gid);
+            }
+            "notifications/resources/updated" => {
+                if let Some(Value::String(u)) = msg.pointer_mut("/params/uri") {
+                    *u = s.naming.prefix_uri(t, u);
+                }
+            }
+            _ => {}
+        }
+        self.deliver(sk, msg, hint);
+    }
+
+    /// Sends a server-to-client message on the best stream: the POST it relates to while that
+    /// is in flight, else the GET stream, else the backlog for a GET stream to come.
+    fn deliver(&mut self, sk: u64, msg: Value, hint: Hint) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let call = match hint {
+            Hint::Call(cid) => Some(cid),
+            Hint::Target(t) => s.newest_call_on(t),
+        };
+        let post_conn = call.and_then(|cid| s.calls.get(&cid)).and_then(|c| c.conn);
+        let init = s.phase == Phase::Initializing
+            && s.calls.values().any(|c| c.kind == CallKind::Initialize);
+        let conn = if init {
+            None
+        } else {
+            post_conn.or(s.get_stream)
+        };
+        match conn {
+            Some(conn) => self.push(Action::Push {
+                conn,
+                session: sk,
+                msg,
+            }),
+            None => s.push_backlog(msg),
+        }
+    }
+
+    // ---- time ----------------------------------------------------------------------------
+
+    /// Idle sessions (`sessionTtl`) end; calls past their deadline fail and are cancelled
+    /// upstream. The loop calls this about once a second: that precision is plenty, and no
+    /// timer per call is needed.
+    pub fn tick(&mut self, now: Instant) {
+        let ttl = self.limits.session_ttl;
+        let expired: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.get_stream.is_none()
+                    && s.calls.is_empty()
+                    && now.duration_since(s.last_active) >= ttl
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for sk in expired {
+            self.end_session(sk, "idle for longer than sessionTtl");
+        }
+        let late: Vec<(u64, u64)> = self
+            .sessions
+            .iter()
+            .flat_map(|(&sk, s)| {
+                s.calls
+                    .iter()
+                    .filter(|(_, c)| c.deadline <= now)
+                    .map(move |(&cid, _)| (sk, cid))
+            })
+            .collect();
+        for (sk, cid) in late {
+            self.call_timeout(sk, cid);
+        }
+    }
+
+    /// Hands back the tables a burst grew (see `memory`).
+    pub fn shrink(&mut self) {
+        shrink_if_sparse(&mut self.sessions);
+        shrink_if_sparse(&mut self.session_ids);
+        shrink_if_sparse(&mut self.links);
+    }
+}
+
+/// Shrinks a map that uses under a quarter of a large capacity.
+pub fn shrink_if_sparse<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
+    m: &mut HashMap<K, V, S>,
+) {
+    if m.capacity() > 256 && m.len() * 4 < m.capacity() {
+        m.shrink_to_fit();
+    }
+}
