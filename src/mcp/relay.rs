@@ -1241,3 +1241,7 @@ pub fn shrink_if_sparse<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
         m.shrink_to_fit();
     }
 }
+
+#[cfg(test)]
+#[path = "relay_tests.rs"]
+mod tests;
