@@ -408,6 +408,13 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl Config {
+    /// Every address the gateway listens on: the binds', then `statsAddr`.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        let mut a: Vec<_> = self.binds.iter().map(|b| b.addr).collect();
+        a.extend(self.limits.stats_addr);
+        a
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &str) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {

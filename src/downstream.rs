@@ -7,7 +7,12 @@ use crate::http::{response, sse};
 use mio::net::TcpStream;
 use serde_json::Value;
 use std::io::{ErrorKind, Read, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// An idle keep-alive connection with no request in progress is closed after this.
+const IDLE_CONN_TIMEOUT: Duration = Duration::from_secs(300);
+/// A GET stream gets a comment line after this much silence, so proxies keep it open.
+const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// What the access log says of the request being answered (kept only when it is on).
 #[derive(Debug)]
@@ -273,6 +278,31 @@ impl Conn {
             _ => return false,
         }
         true
+    }
+
+    /// The once-a-second check: a request still incomplete after `header_timeout` gets 408,
+    /// an idle keep-alive connection times out, a quiet stream gets a keep-alive comment.
+    /// True: close the connection now.
+    pub fn sweep(&mut self, now: Instant, header_timeout: Duration) -> bool {
+        match self.state {
+            ConnState::Idle => {
+                let slow = self
+                    .request_started
+                    .is_some_and(|t| now.duration_since(t) >= header_timeout);
+                if slow {
+                    self.respond_text(408, "request timeout\n", false);
+                    let _ = self.flush();
+                    return true;
+                }
+                self.rbuf.is_empty() && now.duration_since(self.last_active) >= IDLE_CONN_TIMEOUT
+            }
+            ConnState::Stream { .. } if now.duration_since(self.last_write) >= STREAM_KEEPALIVE => {
+                self.sse_comment("keepalive");
+                self.last_write = now;
+                self.flush().is_err()
+            }
+            _ => false,
+        }
     }
 
     /// Queues the interim response a client waits for after `Expect: 100-continue`.

@@ -24,17 +24,13 @@ use crate::{log, warn};
 use mio::event::Source;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// How often the sweep runs: slow-client and idle checks, stream keep-alives, reaping.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// An idle keep-alive connection with no request in progress is closed after this.
-const IDLE_CONN_TIMEOUT: Duration = Duration::from_secs(300);
-/// A GET stream gets a comment line after this much silence, so proxies keep it open.
-const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
 /// On shutdown, children get this long to exit on stdin EOF before they are killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(600);
 /// A client that lets this much of its responses and stream pile up unread is disconnected.
@@ -217,23 +213,6 @@ impl Gateway {
             http_upstream_connections: upstream,
         };
         metrics::with(|m| m.render(&gauges))
-    }
-
-    /// `GET /healthz`: targets and their state, as JSON.
-    fn healthz(&self) -> Value {
-        let status = match (self.draining, self.relay.health.any_failing()) {
-            (Some(_), _) => "draining",
-            (None, true) => "degraded",
-            (None, false) => "ok",
-        };
-        json!({
-            "status": status,
-            "uptimeSeconds": self.started.elapsed().as_secs(),
-            "sessions": self.relay.session_count(),
-            "connections": self.conns.len(),
-            "configReloads": self.reloads,
-            "targets": self.relay.health.to_json(),
-        })
     }
 
     /// Remembers the configuration file for SIGHUP reloads; with `watch`, also reloads when
@@ -494,12 +473,7 @@ impl Gateway {
                 return;
             }
         };
-        let addrs = |c: &Config| {
-            let mut a: Vec<_> = c.binds.iter().map(|b| b.addr).collect();
-            a.extend(c.limits.stats_addr);
-            a
-        };
-        if addrs(&new) != addrs(&self.cfg) {
+        if new.addresses() != self.cfg.addresses() {
             log!("{why}: {path} not reloaded: its binds differ; restart mcplex to change ports or addresses");
             return;
         }
@@ -697,10 +671,15 @@ impl Gateway {
                 self.render_metrics().into_bytes(),
                 "text/plain; version=0.0.4; charset=utf-8",
             ),
-            Page::Health => (
-                serde_json::to_vec(&self.healthz()).unwrap_or_default(),
-                "application/json",
-            ),
+            Page::Health => {
+                let state = serve::State {
+                    draining: self.draining.is_some(),
+                    uptime: self.started.elapsed(),
+                    connections: self.conns.len(),
+                    reloads: self.reloads,
+                };
+                (serve::healthz(&self.relay, &state), "application/json")
+            }
         };
         if let Some(c) = self.conns.get_mut(&id) {
             let headers = [("Content-Type", ctype), ("Cache-Control", "no-store")];
@@ -718,35 +697,9 @@ impl Gateway {
 
     fn sweep(&mut self, now: Instant) {
         let header_timeout = self.cfg.limits.header_timeout;
-        let mut close = Vec::new();
-        for (&id, c) in self.conns.iter_mut() {
-            match c.state {
-                ConnState::Idle => {
-                    let slow = c
-                        .request_started
-                        .is_some_and(|t| now.duration_since(t) >= header_timeout);
-                    if slow {
-                        c.respond_text(408, "request timeout\n", false);
-                        let _ = c.flush();
-                        close.push(id);
-                    } else if c.rbuf.is_empty()
-                        && now.duration_since(c.last_active) >= IDLE_CONN_TIMEOUT
-                    {
-                        close.push(id);
-                    }
-                }
-                ConnState::Stream { .. } => {
-                    if now.duration_since(c.last_write) >= STREAM_KEEPALIVE {
-                        c.sse_comment("keepalive");
-                        c.last_write = now;
-                        if c.flush().is_err() {
-                            close.push(id);
-                        }
-                    }
-                }
-                ConnState::Exchange(_) => {}
-            }
-        }
+        let close: Vec<usize> = (self.conns.iter_mut())
+            .filter_map(|(&id, c)| c.sweep(now, header_timeout).then_some(id))
+            .collect();
         for id in close {
             self.close_conn(id);
         }

@@ -14,15 +14,41 @@ use crate::log::{self, short_id};
 use crate::mcp;
 use crate::mcp::relay::{ConnId, Relay};
 use crate::warn;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A page the loop renders from its own state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Page {
     Health,
     Metrics,
+}
+
+/// What `/healthz` says of the loop itself.
+pub struct State {
+    pub draining: bool,
+    pub uptime: Duration,
+    pub connections: usize,
+    pub reloads: u64,
+}
+
+/// `GET /healthz`: the gateway's status, counts, and every started target's health, as JSON.
+pub fn healthz(relay: &Relay, state: &State) -> Vec<u8> {
+    let status = match (state.draining, relay.health.any_failing()) {
+        (true, _) => "draining",
+        (false, true) => "degraded",
+        (false, false) => "ok",
+    };
+    let page = json!({
+        "status": status,
+        "uptimeSeconds": state.uptime.as_secs(),
+        "sessions": relay.session_count(),
+        "connections": state.connections,
+        "configReloads": state.reloads,
+        "targets": relay.health.to_json(),
+    });
+    serde_json::to_vec(&page).unwrap_or_default()
 }
 
 /// Serves request `req` on connection `id`. Returns the page to answer with when the request

@@ -109,11 +109,6 @@ impl Relay {
         self.sessions.len()
     }
 
-    /// Whether any call is in flight on any session.
-    pub fn busy(&self) -> bool {
-        self.sessions.values().any(|s| !s.calls.is_empty())
-    }
-
     fn push(&mut self, a: Action) {
         self.actions.push_back(a);
     }
