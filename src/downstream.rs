@@ -468,3 +468,83 @@ fn or_dash(s: &str) -> &str {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection over a real loopback socket, and the client's end of it.
+    fn pair() -> (Conn, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (server, _) = l.accept().expect("accept");
+        server.set_nonblocking(true).expect("nonblocking");
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        (Conn::new(TcpStream::from_std(server), 0), client)
+    }
+
+    /// Flushes and reads what the client received so far.
+    fn received(c: &mut Conn, client: &mut std::net::TcpStream) -> String {
+        c.flush().expect("flush");
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = client.read(&mut buf).expect("read");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    fn exchange(remaining: usize, batch: bool) -> ConnState {
+        ConnState::Exchange(Exchange {
+            session: 1,
+            remaining,
+            batch,
+            streaming: false,
+            collected: Vec::new(),
+            session_header: Some("s-1".into()),
+            keep_alive: true,
+        })
+    }
+
+    #[test]
+    fn a_batch_gathers_its_answers_into_one_json_array() {
+        let (mut c, mut client) = pair();
+        c.state = exchange(3, true);
+        assert_eq!(c.answer(Some(r#"{"id":1}"#.into())), Answered::Pending);
+        assert_eq!(c.answer(None), Answered::Pending, "a cancelled request");
+        assert_eq!(c.answer(Some(r#"{"id":3}"#.into())), Answered::Done);
+        assert!(matches!(c.state, ConnState::Idle));
+        let got = received(&mut c, &mut client);
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        assert!(got.contains("Mcp-Session-Id: s-1\r\n"), "{got}");
+        assert!(got.ends_with(r#"[{"id":1},{"id":3}]"#), "{got}");
+    }
+
+    #[test]
+    fn a_push_turns_the_reply_into_an_sse_stream() {
+        let (mut c, mut client) = pair();
+        c.state = exchange(1, false);
+        assert!(!c.push(2, &serde_json::json!({"other":"session"})));
+        assert!(c.push(1, &serde_json::json!({"method":"notifications/progress"})));
+        assert_eq!(c.answer(Some(r#"{"id":1}"#.into())), Answered::Done);
+        let got = received(&mut c, &mut client);
+        assert!(got.contains("Content-Type: text/event-stream\r\n"), "{got}");
+        let progress = got.find("notifications/progress").unwrap_or(usize::MAX);
+        let answer = got.find(r#"data: {"id":1}"#).unwrap_or(0);
+        assert!(progress < answer, "progress first, then the answer: {got}");
+        assert!(got.ends_with("0\r\n\r\n"), "the stream ends: {got}");
+    }
+
+    #[test]
+    fn no_answer_at_all_is_202() {
+        let (mut c, mut client) = pair();
+        c.state = exchange(1, false);
+        assert_eq!(c.answer(None), Answered::Done);
+        let got = received(&mut c, &mut client);
+        assert!(got.starts_with("HTTP/1.1 202"), "{got}");
+        assert_eq!(
+            c.answer(Some("{}".into())),
+            Answered::Ignored,
+            "nothing is waiting"
+        );
+    }
+}

@@ -63,6 +63,14 @@ pub enum Action {
     NoteTarget { conn: ConnId, target: String },
 }
 
+/// Who a link serves. Today a link always serves one target of one client session, which
+/// opened it and closes it; a link shared by stateless requests (a target's pool) is the
+/// other kind the 2026-07-28 revision needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    Session { session: u64, target: usize },
+}
+
 /// Where a server-to-client message should go.
 enum Hint {
     Call(u64),
@@ -73,8 +81,8 @@ pub struct Relay {
     sessions: IdMap<u64, Session>,
     session_ids: HashMap<String, u64>,
     next_session: u64,
-    /// Link -> its holder: (session, target index).
-    links: IdMap<LinkId, (u64, usize)>,
+    /// Link -> the holder it serves.
+    links: IdMap<LinkId, Holder>,
     next_link: LinkId,
     pub health: Health,
     limits: Limits,
@@ -273,7 +281,11 @@ impl Relay {
                 None => {
                     let link = self.next_link;
                     self.next_link += 1;
-                    self.links.insert(link, (sk, t));
+                    let holder = Holder::Session {
+                        session: sk,
+                        target: t,
+                    };
+                    self.links.insert(link, holder);
                     slot.link = Some(link);
                     s.opening += 1;
                     self.actions.push_back(Action::Open {
@@ -293,7 +305,11 @@ impl Relay {
 
     /// The loop opened link `link`, or could not (`Err`: why).
     pub fn link_opened(&mut self, link: LinkId, result: Result<(), String>) {
-        let Some(&(sk, t)) = self.links.get(&link) else {
+        let Some(&Holder::Session {
+            session: sk,
+            target: t,
+        }) = self.links.get(&link)
+        else {
             return;
         };
         let Some(s) = self.sessions.get_mut(&sk) else {
@@ -976,7 +992,11 @@ impl Relay {
 
     /// Something a link reported.
     pub fn link_event(&mut self, link: LinkId, ev: LinkEvent) {
-        let Some(&(sk, t)) = self.links.get(&link) else {
+        let Some(&Holder::Session {
+            session: sk,
+            target: t,
+        }) = self.links.get(&link)
+        else {
             return; // a link that no longer serves anyone
         };
         match ev {
