@@ -180,10 +180,6 @@ impl Links {
     /// `RequestFailed`; a child that cannot be written to, as `Fatal`.
     pub fn send(&mut self, id: LinkId, msg: &Value, reg: &mut dyn LinkRegistry) -> Vec<LinkEvent> {
         let mut events = Vec::new();
-        let request_id = msg
-            .get("id")
-            .and_then(Value::as_u64)
-            .filter(|_| msg.get("method").is_some());
         let link = self.map.get_mut(&id).filter(|l| l.state == Lifecycle::Live);
         let failed = match link.map(|l| (&l.name, &mut l.transport)) {
             Some((_, Transport::Stdio(child, _))) => {
@@ -197,7 +193,12 @@ impl Links {
                 .err(),
             None => Some("target is not running".to_string()),
         };
-        if let (Some(why), Some(uid)) = (failed, request_id) {
+        // Only a request waits for an answer that must now be failed.
+        let request_id = || {
+            let uid = msg.get("id").and_then(Value::as_u64);
+            uid.filter(|_| msg.get("method").is_some())
+        };
+        if let Some((why, uid)) = failed.and_then(|why| Some((why, request_id()?))) {
             events.push(LinkEvent::RequestFailed(uid, why));
         }
         events
