@@ -12,6 +12,14 @@ pub const INTERNAL_ERROR: i64 = -32603;
 /// Implementation-defined server errors (-32000..-32099): an upstream failed or timed out.
 pub const UPSTREAM_ERROR: i64 = -32000;
 pub const REQUEST_TIMEOUT: i64 = -32001;
+/// 2026-07-28: an HTTP header disagrees with the body (`MCP-Protocol-Version`, `Mcp-Method`,
+/// `Mcp-Name`).
+pub const HEADER_MISMATCH: i64 = -32020;
+/// 2026-07-28: the request names a protocol version the server does not speak; `data` lists
+/// the supported ones.
+pub const UNSUPPORTED_VERSION: i64 = -32022;
+/// Legacy "resource not found"; 2026-07-28 uses `INVALID_PARAMS` instead.
+pub const RESOURCE_NOT_FOUND: i64 = -32002;
 
 /// What one JSON-RPC message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 //! the connection's buffers and the relay, and never touches a socket.
 
 pub mod checks;
+pub mod modern;
 pub mod serve;
 
 use crate::config::{Config, Route};

@@ -5,7 +5,7 @@
 //! The client context served here is the legacy, stateful one: an `Mcp-Session-Id` (or the
 //! legacy `sessionId`), a POST whose answers gather into one reply, and the session's stream.
 
-use super::{check_post_accept, decide, post_body, Decision, Op, Reply};
+use super::{check_post_accept, decide, modern, post_body, Decision, Op, Reply};
 use crate::config::{Config, Route};
 use crate::downstream::{AccessEntry, Conn, ConnState, Exchange};
 use crate::http::parse::Request;
@@ -13,6 +13,7 @@ use crate::jsonrpc::{self, Kind};
 use crate::log::{self, short_id};
 use crate::mcp;
 use crate::mcp::relay::{ConnId, Relay};
+use crate::mcp::session::Modern;
 use crate::warn;
 use serde_json::{json, Value};
 use std::rc::Rc;
@@ -178,6 +179,12 @@ fn post(relay: &mut Relay, c: &mut Conn, id: ConnId, req: Request, route: &Route
     let Some(body) = json_body(c, &req, keep) else {
         return;
     };
+    if let [one] = body.messages.as_slice() {
+        if modern::is_modern(&req, one) {
+            let msg = body.messages.into_iter().next().unwrap_or_default();
+            return modern_post(relay, c, id, &req, msg, route, keep);
+        }
+    }
     let init = body
         .messages
         .iter()
@@ -235,6 +242,47 @@ fn post(relay: &mut Relay, c: &mut Conn, id: ConnId, req: Request, route: &Route
     }
 }
 
+/// A stateless (2026-07-28) request: checked, then served by the backend's pool; the answer
+/// (and the progress and log messages that belong to it) goes back on this POST alone.
+fn modern_post(
+    relay: &mut Relay,
+    c: &mut Conn,
+    id: ConnId,
+    req: &Request,
+    msg: Value,
+    route: &Route,
+    keep: bool,
+) {
+    let envelope = match modern::check(req, &msg) {
+        Ok(e) => e,
+        Err(r) => return respond(c, r, keep),
+    };
+    match jsonrpc::classify(&msg) {
+        Ok(Kind::Request) => {}
+        // Nothing to say back; a stateless client cancels by closing its reply stream.
+        Ok(_) => return c.respond(202, &[], b"", keep),
+        Err(why) => {
+            let e = jsonrpc::error(Value::Null, jsonrpc::INVALID_REQUEST, why);
+            return c.respond_json(400, &[], &e, keep);
+        }
+    }
+    let sk = relay.pool_for(&route.backend, route.backend_tls.clone());
+    c.state = ConnState::Exchange(Exchange {
+        session: sk,
+        remaining: 1,
+        batch: false,
+        streaming: false,
+        collected: Vec::new(),
+        session_header: None,
+        keep_alive: keep,
+    });
+    c.chunked = req.minor_version > 0;
+    let modern = Modern {
+        log_level: envelope.log_level,
+    };
+    relay.modern_request(sk, id, msg, modern);
+}
+
 /// Streamable HTTP `initialize`: a new session whose id goes back on this POST's answer.
 fn begin_session(
     relay: &mut Relay,
@@ -245,13 +293,26 @@ fn begin_session(
     chunked: bool,
     keep: bool,
 ) {
-    let client_id = msg.get("id").cloned().unwrap_or(Value::Null);
-    let created = if jsonrpc::classify(&msg).is_err() {
-        Err((
+    // Strict: no session for an `initialize` that is not a valid request or names no version.
+    if jsonrpc::classify(&msg).is_err() {
+        let e = jsonrpc::error(
+            Value::Null,
             jsonrpc::INVALID_REQUEST,
-            "invalid initialize request".to_string(),
-        ))
-    } else {
+            "invalid initialize request",
+        );
+        return c.respond_json(400, &[], &e, keep);
+    }
+    let client_id = msg.get("id").cloned().unwrap_or(Value::Null);
+    if msg
+        .pointer("/params/protocolVersion")
+        .and_then(Value::as_str)
+        .is_none()
+    {
+        let why = "initialize: params.protocolVersion is required";
+        let e = jsonrpc::error(client_id, jsonrpc::INVALID_PARAMS, why);
+        return c.respond_json(400, &[], &e, keep);
+    }
+    let created = {
         let tls = route.backend_tls.clone();
         relay.create_session(Rc::clone(&route.backend), tls, false)
     };
@@ -274,11 +335,21 @@ fn begin_session(
         keep_alive: keep,
     });
     c.chunked = chunked;
-    relay.initialize(sk, id, msg);
+    relay.initialize(sk, Some(id), msg);
+}
+
+/// GET or DELETE without `Mcp-Session-Id`: there is no stream or session to offer (the
+/// stateless revision has neither; legacy clients always name their session).
+fn no_session(c: &mut Conn, keep: bool) {
+    let h = [("Allow", "POST, OPTIONS"), ("Content-Type", "text/plain")];
+    c.respond(405, &h, b"GET and DELETE need an Mcp-Session-Id\n", keep);
 }
 
 /// Streamable HTTP GET: the session's server-to-client stream; one at a time.
 fn open_stream(relay: &mut Relay, c: &mut Conn, id: ConnId, req: Request, keep: bool) {
+    if req.header("mcp-session-id").is_none() {
+        return no_session(c, keep);
+    }
     let sk = match session_of(relay, &req) {
         Ok(sk) => sk,
         Err((status, why)) => return c.respond_text(status, &format!("{why}\n"), keep),
@@ -299,6 +370,9 @@ fn open_stream(relay: &mut Relay, c: &mut Conn, id: ConnId, req: Request, keep: 
 
 /// Streamable HTTP DELETE: ends the session.
 fn delete(relay: &mut Relay, c: &mut Conn, req: Request, keep: bool) {
+    if req.header("mcp-session-id").is_none() {
+        return no_session(c, keep);
+    }
     match session_of(relay, &req) {
         Ok(sk) => {
             relay.end_session(sk, "deleted by the client");
@@ -354,7 +428,9 @@ fn legacy_post(relay: &mut Relay, c: &mut Conn, req: Request, keep: bool) {
     }
     for (kind, m) in valid {
         match kind {
-            Kind::Request if jsonrpc::method(&m) == "initialize" => relay.initialize(sk, stream, m),
+            Kind::Request if jsonrpc::method(&m) == "initialize" => {
+                relay.initialize(sk, Some(stream), m)
+            }
             _ => relay.client_message(sk, stream, kind, m),
         }
     }

@@ -14,7 +14,9 @@
 use super::aggregate::{self, Part};
 use super::health::Health;
 use super::route::Dest;
-use super::session::{new_session_id, Call, CallKind, Phase, Session, TargetSlot, TargetState};
+use super::session::{
+    new_session_id, Call, CallKind, Modern, Phase, Session, TargetSlot, TargetState, Waiting,
+};
 use crate::config::{BackendTls, FailureMode, Limits, McpBackend};
 use crate::idmap::IdMap;
 use crate::jsonrpc::{self, Kind};
@@ -84,6 +86,8 @@ pub struct Relay {
     /// Link -> the holder it serves.
     links: IdMap<LinkId, Holder>,
     next_link: LinkId,
+    /// Each backend's pool (by the address of its config), for stateless requests.
+    pools: HashMap<usize, u64>,
     pub health: Health,
     limits: Limits,
     actions: VecDeque<Action>,
@@ -97,6 +101,7 @@ impl Relay {
             next_session: 1,
             links: IdMap::default(),
             next_link: 1,
+            pools: HashMap::new(),
             health: Health::default(),
             limits,
             actions: VecDeque::new(),
@@ -113,8 +118,9 @@ impl Relay {
         self.actions.pop_front()
     }
 
+    /// Client sessions (pools not counted).
     pub fn session_count(&self) -> usize {
-        self.sessions.len()
+        self.sessions.len() - self.pools.len()
     }
 
     fn push(&mut self, a: Action) {
@@ -130,7 +136,7 @@ impl Relay {
         tls: Option<Rc<BackendTls>>,
         legacy: bool,
     ) -> Result<(u64, String), (i64, String)> {
-        if self.sessions.len() >= self.limits.max_sessions {
+        if self.session_count() >= self.limits.max_sessions {
             return Err((jsonrpc::UPSTREAM_ERROR, "too many sessions".into()));
         }
         let random = new_session_id().map_err(|e| {
@@ -233,8 +239,9 @@ impl Relay {
     }
 
     /// The client's `initialize`: negotiates the version and opens a link to every target;
-    /// once all are open (or failed), each gets its `initialize`. The answer goes to `reply`.
-    pub fn initialize(&mut self, sk: u64, reply: ConnId, msg: Value) {
+    /// once all are open (or failed), each gets its `initialize`. The answer goes to `reply`
+    /// (none for a pool, which keeps the merged result instead).
+    pub fn initialize(&mut self, sk: u64, reply: Option<ConnId>, msg: Value) {
         let client_id = msg.get("id").cloned().unwrap_or(Value::Null);
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
@@ -245,7 +252,7 @@ impl Relay {
                 jsonrpc::INVALID_REQUEST,
                 "session is already initialized",
             );
-            return self.reply(Some(reply), e);
+            return self.reply(reply, e);
         }
         let mut params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
         if !params.is_object() {
@@ -264,7 +271,7 @@ impl Relay {
         params["protocolVersion"] = Value::String(version.clone());
         s.version = version;
         s.init_params = params;
-        s.init_request = Some((Some(reply), client_id));
+        s.init_request = Some((reply, client_id));
         let backend = Rc::clone(&s.backend);
         let tls = s.tls.clone();
         for (t, target) in backend.targets.iter().enumerate() {
@@ -359,6 +366,7 @@ impl Relay {
             CallKind::Initialize,
             parts,
             timeout,
+            None,
         );
     }
 
@@ -369,12 +377,24 @@ impl Relay {
         };
         self.session_ids.remove(&s.id);
         log!("[{}] session ended: {why}", short_id(&s.id));
+        // A pool's callers never had a session: they are told why their request failed.
+        let why = match s.pool {
+            true => {
+                self.pools.retain(|_, v| *v != sk);
+                why.to_string()
+            }
+            false => format!("session ended: {why}"),
+        };
+        for w in s.waiting.drain(..) {
+            let id = w.msg.get("id").cloned().unwrap_or(Value::Null);
+            let e = jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &why);
+            self.actions.push_back(Action::Answer {
+                conn: w.conn,
+                text: Some(serde_json::to_string(&e).unwrap_or_default()),
+            });
+        }
         for (_, call) in s.calls.drain() {
-            let e = jsonrpc::error(
-                call.client_id,
-                jsonrpc::UPSTREAM_ERROR,
-                &format!("session ended: {why}"),
-            );
+            let e = jsonrpc::error(call.client_id, jsonrpc::UPSTREAM_ERROR, &why);
             if let Some(conn) = call.conn {
                 self.push(Action::Answer {
                     conn,
@@ -458,18 +478,103 @@ impl Relay {
         }
     }
 
+    // ---- stateless (2026-07-28) requests ------------------------------------------------
+
+    /// The pool serving stateless requests for `backend`: opened (links started and
+    /// initialized with the gateway's own identity) on first use, then shared.
+    pub fn pool_for(&mut self, backend: &Rc<McpBackend>, tls: Option<Rc<BackendTls>>) -> u64 {
+        let key = Rc::as_ptr(backend) as usize;
+        if let Some(&sk) = self.pools.get(&key) {
+            return sk;
+        }
+        let sk = self.next_session;
+        self.next_session += 1;
+        let mut s = Session::new(
+            format!("pool:{}", backend.name),
+            Rc::clone(backend),
+            Value::Null,
+        );
+        s.tls = tls;
+        s.pool = true;
+        s.metric_all = metrics::with(|m| m.target(&format!("{}/*", backend.name)));
+        s.metric_gateway = metrics::with(|m| m.target("gateway"));
+        log!(
+            "[{}] pool opened for stateless requests ({} target(s))",
+            s.id,
+            backend.targets.len()
+        );
+        self.sessions.insert(sk, s);
+        self.pools.insert(key, sk);
+        // The capabilities are the ones the gateway can bridge to stateless clients: none
+        // yet (server-to-client requests have no stateless counterpart here).
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": super::LATEST_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "mcplex", "version": env!("CARGO_PKG_VERSION")},
+        }});
+        self.initialize(sk, None, init);
+        sk
+    }
+
+    /// A pool finished initializing: its targets hear `notifications/initialized`, and the
+    /// requests that waited run.
+    fn pool_ready(&mut self, sk: u64) {
+        let note = jsonrpc::notification("notifications/initialized", None);
+        self.client_notification(sk, note);
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        log!("[{}] pool ready", s.id);
+        for w in std::mem::take(&mut s.waiting) {
+            self.modern_request(sk, w.conn, w.msg, w.modern);
+        }
+    }
+
+    /// A stateless request (already checked by the front) on pool `sk`; its answer goes to
+    /// `conn`, shaped for the 2026-07-28 revision.
+    pub fn modern_request(&mut self, sk: u64, conn: ConnId, mut msg: Value, modern: Modern) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        s.last_active = Instant::now();
+        if s.phase == Phase::Initializing {
+            s.waiting.push(Waiting { conn, msg, modern });
+            return;
+        }
+        let id = msg.get("id").cloned().unwrap_or(Value::Null);
+        match jsonrpc::method(&msg) {
+            "server/discover" => {
+                let mut r = discover_result(s.merged.as_ref());
+                shape_modern("server/discover", &mut r);
+                self.reply(Some(conn), jsonrpc::result(id, r));
+            }
+            _ => {
+                // The envelope is for the gateway; a legacy upstream gets none of it.
+                if let Some(params) = msg.get_mut("params").and_then(Value::as_object_mut) {
+                    if let Some(Value::Object(meta)) = params.get_mut("_meta") {
+                        meta.retain(|k, _| !k.starts_with(super::META_PREFIX));
+                        if meta.is_empty() {
+                            params.remove("_meta");
+                        }
+                    }
+                }
+                self.client_request(sk, conn, msg, Some(modern));
+            }
+        }
+    }
+
     // ---- messages from the client --------------------------------------------------------
 
     /// One valid JSON-RPC message from a session's client; answers go to `conn`.
     pub fn client_message(&mut self, sk: u64, conn: ConnId, kind: Kind, msg: Value) {
         match kind {
-            Kind::Request => self.client_request(sk, conn, msg),
+            Kind::Request => self.client_request(sk, conn, msg, None),
             Kind::Notification => self.client_notification(sk, msg),
             Kind::Response => self.client_response(sk, msg),
         }
     }
 
-    fn client_request(&mut self, sk: u64, conn: ConnId, mut msg: Value) {
+    fn client_request(&mut self, sk: u64, conn: ConnId, mut msg: Value, modern: Option<Modern>) {
         let client_id = msg.get("id").cloned().unwrap_or(Value::Null);
         let method = jsonrpc::method(&msg).to_string();
         let params = msg.get_mut("params").map(Value::take);
@@ -500,7 +605,11 @@ impl Relay {
         match s.naming.route(&method, params.as_ref()) {
             Ok(Dest::Local) => {
                 metrics::with(|m| m.request(&method, gateway, Outcome::Ok, Duration::ZERO));
-                self.reply(Some(conn), jsonrpc::result(client_id.clone(), json!({})))
+                let mut empty = json!({});
+                if modern.is_some() {
+                    shape_modern(&method, &mut empty);
+                }
+                self.reply(Some(conn), jsonrpc::result(client_id.clone(), empty))
             }
             Ok(Dest::One(t, p)) => {
                 if crate::log::access_log() != crate::log::AccessLog::Off {
@@ -519,6 +628,7 @@ impl Relay {
                     CallKind::Forward,
                     vec![(t, p)],
                     timeout,
+                    modern,
                 );
             }
             Ok(Dest::All) => {
@@ -555,6 +665,7 @@ impl Relay {
                     CallKind::FanOut,
                     parts,
                     timeout,
+                    modern,
                 );
             }
             Err(why) => refuse(self, jsonrpc::INVALID_PARAMS, &why),
@@ -624,6 +735,7 @@ impl Relay {
         kind: CallKind,
         parts: Vec<(usize, Option<Value>)>,
         timeout: Duration,
+        modern: Option<Modern>,
     ) {
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
@@ -670,6 +782,7 @@ impl Relay {
                 deadline: Instant::now() + timeout,
                 exhaust,
                 started: Instant::now(),
+                modern,
             },
         );
         if remaining == 0 {
@@ -825,7 +938,8 @@ impl Relay {
             Outcome::Ok
         };
         metrics::with(|m| m.request(&call.method, label, outcome, call.started.elapsed()));
-        let answer = match call.kind {
+        let modern = call.modern.is_some();
+        let mut answer = match call.kind {
             CallKind::Forward => match call.parts.into_iter().next() {
                 Some((t, _, Some(Ok(mut v)))) => {
                     aggregate::prefix_result_uris(&mut v, t, &s.naming);
@@ -857,6 +971,9 @@ impl Relay {
             }
             CallKind::Initialize => return self.complete_init(sk, call),
         };
+        if modern {
+            modernize_answer(&call.method, &mut answer);
+        }
         self.reply(call.conn, answer);
     }
 
@@ -954,6 +1071,10 @@ impl Relay {
             short_id(&s.id),
             s.version
         );
+        if s.pool {
+            s.merged = Some(merged);
+            return self.pool_ready(sk);
+        }
         let stream = s.get_stream;
         // What targets said during initialization waits for a stream; a legacy session has
         // had one all along.
@@ -1053,8 +1174,13 @@ impl Relay {
         let Some(&cid) = s.upstream.get(&uid) else {
             return false;
         };
+        // A stateless client's result gets its `resultType` (and cache fields) spliced in.
+        let splice = |c: &Call| {
+            c.modern.is_none() || (result.starts_with('{') && !result.contains("\"resultType\""))
+        };
         let plain = |c: &Call| {
-            c.kind == CallKind::Forward
+            splice(c)
+                && c.kind == CallKind::Forward
                 && c.parts.len() == 1
                 && c.parts[0].0 == t
                 && c.exhaust.is_none()
@@ -1074,7 +1200,18 @@ impl Relay {
             text.push_str(r#"{"jsonrpc":"2.0","id":"#);
             text.push_str(&call.client_id.to_string());
             text.push_str(r#","result":"#);
-            text.push_str(result);
+            match call.modern {
+                None => text.push_str(result),
+                Some(_) => {
+                    let rest = &result[1..];
+                    text.push('{');
+                    text.push_str(modern_fields(&call.method));
+                    if !rest.trim_start().starts_with('}') {
+                        text.push(',');
+                    }
+                    text.push_str(rest);
+                }
+            }
             text.push('}');
             self.push(Action::Answer {
                 conn,
@@ -1115,6 +1252,20 @@ impl Relay {
                         .unwrap_or(Value::Null)),
                 };
                 self.finish_part(sk, cid, part, r);
+            }
+            Ok(Kind::Request) if s.pool => {
+                // No stateless client can be asked directly (the 2026-07-28 revision has no
+                // server-to-client requests).
+                let id = msg.get("id").cloned().unwrap_or(Value::Null);
+                let answer = match jsonrpc::method(&msg) {
+                    "ping" => jsonrpc::result(id, json!({})),
+                    m => jsonrpc::error(
+                        id,
+                        jsonrpc::METHOD_NOT_FOUND,
+                        &format!("mcplex does not relay {m} to 2026-07-28 clients"),
+                    ),
+                };
+                let _ = self.send(sk, t, answer);
             }
             Ok(Kind::Request) => {
                 let gid = s.alloc_id();
@@ -1187,6 +1338,27 @@ impl Relay {
             Hint::Call(cid) => Some(cid),
             Hint::Target(t) => s.newest_call_on(t),
         };
+        if s.pool {
+            // Stateless clients hear nothing outside their own requests: progress, and log
+            // messages for a request that asked for them. The rest is dropped (list changes
+            // await `subscriptions/listen`).
+            let Some(c) = call.and_then(|cid| s.calls.get(&cid)) else {
+                return;
+            };
+            let wanted = match jsonrpc::method(&msg) {
+                "notifications/progress" => true,
+                "notifications/message" => c.modern.as_ref().is_some_and(|m| m.log_level.is_some()),
+                _ => false,
+            };
+            if let (true, Some(conn)) = (wanted, c.conn) {
+                self.push(Action::Push {
+                    conn,
+                    session: sk,
+                    msg,
+                });
+            }
+            return;
+        }
         let post_conn = call.and_then(|cid| s.calls.get(&cid)).and_then(|c| c.conn);
         let init = s.phase == Phase::Initializing
             && s.calls.values().any(|c| c.kind == CallKind::Initialize);
@@ -1246,6 +1418,70 @@ impl Relay {
         shrink_if_sparse(&mut self.session_ids);
         shrink_if_sparse(&mut self.links);
     }
+}
+
+/// The fields every result to a stateless client starts with, as JSON text (no braces):
+/// `resultType`, and the cache fields on cacheable methods. Proxied results are never
+/// cached publicly: routing can change under them with no invalidation signal.
+fn modern_fields(method: &str) -> &'static str {
+    match super::is_cacheable(method) {
+        true => r#""resultType":"complete","ttlMs":0,"cacheScope":"private""#,
+        false => r#""resultType":"complete""#,
+    }
+}
+
+/// Adds `modern_fields` to a result object that lacks them.
+fn shape_modern(method: &str, v: &mut Value) {
+    let Value::Object(o) = v else {
+        return;
+    };
+    o.entry("resultType").or_insert_with(|| "complete".into());
+    if super::is_cacheable(method) {
+        o.entry("ttlMs").or_insert_with(|| 0.into());
+        o.entry("cacheScope").or_insert_with(|| "private".into());
+    }
+}
+
+/// A whole answer for a stateless client: results shaped, and the legacy "resource not
+/// found" code replaced by the one the 2026-07-28 revision uses.
+fn modernize_answer(method: &str, answer: &mut Value) {
+    if let Some(r) = answer.get_mut("result") {
+        shape_modern(method, r);
+    }
+    if let Some(code) = answer.pointer_mut("/error/code") {
+        if code.as_i64() == Some(jsonrpc::RESOURCE_NOT_FOUND) {
+            *code = jsonrpc::INVALID_PARAMS.into();
+        }
+    }
+}
+
+/// `server/discover` for a pool: what its targets said at `initialize`, merged.
+fn discover_result(merged: Option<&Value>) -> Value {
+    let merged = merged.cloned().unwrap_or_else(|| json!({}));
+    let mut caps = merged
+        .get("capabilities")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let Value::Object(c) = &mut caps {
+        // Change notifications need `subscriptions/listen`, which pools do not serve yet;
+        // core tasks do not exist in this revision.
+        c.remove("tasks");
+        for (_, v) in c.iter_mut() {
+            if let Value::Object(o) = v {
+                o.remove("listChanged");
+                o.remove("subscribe");
+            }
+        }
+    }
+    let mut r = json!({
+        "supportedVersions": super::ALL_VERSIONS,
+        "capabilities": caps,
+        "_meta": {super::META_SERVER_INFO: merged.get("serverInfo").cloned().unwrap_or(Value::Null)},
+    });
+    if let Some(i) = merged.get("instructions") {
+        r["instructions"] = i.clone();
+    }
+    r
 }
 
 /// Shrinks a map that uses under a quarter of a large capacity.

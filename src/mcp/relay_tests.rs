@@ -61,7 +61,7 @@ impl Harness {
         let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
             "protocolVersion":"2025-11-25","capabilities":{"sampling":{}},
             "clientInfo":{"name":"test","version":"1"}}});
-        relay.initialize(sk, POST, init);
+        relay.initialize(sk, Some(POST), init);
         let mut links = Vec::new();
         for (i, a) in drain(&mut relay).into_iter().enumerate() {
             let Action::Open { link, target, .. } = a else {

@@ -53,6 +53,21 @@ pub enum CallKind {
     FanOut,
 }
 
+/// A call made by a stateless (2026-07-28) client: its answer is shaped for that revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Modern {
+    /// `io.modelcontextprotocol/logLevel`: log notifications reach this request's stream only
+    /// when it is set.
+    pub log_level: Option<String>,
+}
+
+/// A stateless request that waits for its pool to finish initializing.
+pub struct Waiting {
+    pub conn: usize,
+    pub msg: Value,
+    pub modern: Modern,
+}
+
 /// An upstream's answer: Ok(result) or Err(the JSON-RPC error object).
 pub type Answer = Result<Value, Value>;
 
@@ -75,6 +90,8 @@ pub struct Call {
     /// target's list is complete.
     pub exhaust: Option<Value>,
     pub started: Instant,
+    /// Set for a stateless client's call.
+    pub modern: Option<Modern>,
 }
 
 pub struct Session {
@@ -108,6 +125,14 @@ pub struct Session {
     /// Legacy HTTP+SSE session: every message to the client goes on `get_stream`, and the
     /// session ends with it.
     pub legacy: bool,
+    /// A backend's pool: the shared session whose links serve stateless (2026-07-28)
+    /// requests, initialized with the gateway's own identity. No client names it; it ends
+    /// when idle for `sessionTtl`, like any session.
+    pub pool: bool,
+    /// Stateless requests that arrived while the pool was initializing.
+    pub waiting: Vec<Waiting>,
+    /// The merged `initialize` result, once ready (the pool answers `server/discover` from it).
+    pub merged: Option<Value>,
     /// Metrics labels: the backend as a whole (`backend/*`) and the gateway itself.
     pub metric_all: u16,
     pub metric_gateway: u16,
@@ -139,6 +164,9 @@ impl Session {
             init_request: None,
             tls: None,
             legacy: false,
+            pool: false,
+            waiting: Vec::new(),
+            merged: None,
             metric_all: 0,
             metric_gateway: 0,
         }

@@ -1,0 +1,250 @@
+//! Requests of the stateless revision (2026-07-28): which POSTs are modern, and the checks
+//! each must pass before it is served (the order the revision gives: the envelope in
+//! `params._meta`, then the HTTP headers against the body, then the version).
+
+use super::Reply;
+use crate::http::parse::Request;
+use crate::jsonrpc;
+use crate::mcp::{ALL_VERSIONS, META_PROTOCOL_VERSION, MODERN_VERSION};
+use crate::mcp::{META_CLIENT_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL};
+use serde_json::{json, Value};
+
+/// What a modern request says of its client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub version: String,
+    pub capabilities: Value,
+    pub client_info: Option<Value>,
+    /// The level the client wants log notifications at, for this request only.
+    pub log_level: Option<String>,
+}
+
+/// Whether a POSTed message is served statelessly: its `params._meta` names a protocol
+/// version, or the request's `MCP-Protocol-Version` header names the modern revision (a
+/// request without the envelope then fails the checks). `initialize` is always legacy.
+pub fn is_modern(req: &Request, msg: &Value) -> bool {
+    if jsonrpc::method(msg) == "initialize" {
+        return false;
+    }
+    let enveloped = msg
+        .pointer("/params/_meta")
+        .and_then(Value::as_object)
+        .is_some_and(|m| m.contains_key(META_PROTOCOL_VERSION));
+    enveloped || req.header("mcp-protocol-version") == Some(MODERN_VERSION)
+}
+
+/// A 400 with a JSON-RPC error for the request `msg`.
+fn refuse(msg: &Value, code: i64, message: &str, data: Option<Value>) -> Reply {
+    let id = msg
+        .get("id")
+        .filter(|i| i.is_string() || i.is_number())
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut e = jsonrpc::error(id, code, message);
+    if let Some(d) = data {
+        e["error"]["data"] = d;
+    }
+    Reply::json(400, &e)
+}
+
+/// Which parameter `Mcp-Name` mirrors, for the methods that have one.
+pub fn name_param(method: &str) -> Option<&'static str> {
+    match method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" => Some("uri"),
+        _ => None,
+    }
+}
+
+/// The checks a modern request passes before it is served. Err: the 400 to answer with.
+pub fn check(req: &Request, msg: &Value) -> Result<Envelope, Reply> {
+    let meta = msg.pointer("/params/_meta").and_then(Value::as_object);
+    let missing: Vec<&str> = [META_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES]
+        .into_iter()
+        .filter(|k| !meta.is_some_and(|m| m.contains_key(*k)))
+        .collect();
+    let Some(meta) = meta.filter(|_| missing.is_empty()) else {
+        let why = format!(
+            "params._meta is missing the required key(s): {}",
+            missing.join(", ")
+        );
+        return Err(refuse(msg, jsonrpc::INVALID_PARAMS, &why, None));
+    };
+    let version = meta.get(META_PROTOCOL_VERSION).and_then(Value::as_str);
+    let capabilities = meta.get(META_CLIENT_CAPABILITIES).filter(|c| c.is_object());
+    let (Some(version), Some(capabilities)) = (version, capabilities) else {
+        let why = "params._meta: the protocol version must be a string and the client capabilities an object";
+        return Err(refuse(msg, jsonrpc::INVALID_PARAMS, why, None));
+    };
+    let method = jsonrpc::method(msg);
+    let mismatch = |what: &str| {
+        let why = format!("the {what} header does not match the request body");
+        Err(refuse(msg, jsonrpc::HEADER_MISMATCH, &why, None))
+    };
+    if req.header("mcp-protocol-version") != Some(version) {
+        return mismatch("MCP-Protocol-Version");
+    }
+    if req.header("mcp-method") != Some(method) {
+        return mismatch("Mcp-Method");
+    }
+    if let Some(key) = name_param(method) {
+        let body = msg
+            .pointer(&format!("/params/{key}"))
+            .and_then(Value::as_str);
+        let header = req.header("mcp-name").map(decode_header_value);
+        if body.is_some() && header.as_deref() != body {
+            return mismatch("Mcp-Name");
+        }
+    }
+    if version != MODERN_VERSION {
+        let data = json!({"supported": ALL_VERSIONS, "requested": version});
+        return Err(refuse(
+            msg,
+            jsonrpc::UNSUPPORTED_VERSION,
+            "Unsupported protocol version",
+            Some(data),
+        ));
+    }
+    let log_level = meta
+        .get(META_LOG_LEVEL)
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(Envelope {
+        version: version.to_string(),
+        capabilities: capabilities.clone(),
+        client_info: meta.get(META_CLIENT_INFO).cloned(),
+        log_level,
+    })
+}
+
+/// A header value as the revision encodes non-ASCII ones: `=?base64?<base64>?=`, else as it
+/// is. A payload that is not valid base64 or UTF-8 stays as it was sent (and so mismatches).
+pub fn decode_header_value(v: &str) -> String {
+    let Some(payload) = v
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    else {
+        return v.to_string();
+    };
+    base64_decode(payload)
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_else(|| v.to_string())
+}
+
+/// Standard base64 (padding optional).
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let s = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        if chunk.len() == 1 {
+            return None;
+        }
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= val(c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::parse;
+    use super::*;
+
+    fn post(headers: &str, body: &Value) -> (Request, Value) {
+        let text = body.to_string();
+        let raw = format!(
+            "POST /mcp HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        (parse(&raw), body.clone())
+    }
+
+    fn call(version: &str, meta_extra: Value) -> Value {
+        let mut meta = json!({META_PROTOCOL_VERSION: version, META_CLIENT_CAPABILITIES: {}});
+        if let (Value::Object(m), Value::Object(x)) = (&mut meta, meta_extra) {
+            m.extend(x);
+        }
+        json!({"jsonrpc":"2.0","id":3,"method":"tools/call",
+               "params":{"name":"echo","arguments":{},"_meta":meta}})
+    }
+
+    fn code(r: Result<Envelope, Reply>) -> (u16, i64) {
+        let r = r.expect_err("refused");
+        let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        assert_eq!(body["id"], 3);
+        (r.status, body["error"]["code"].as_i64().unwrap_or(0))
+    }
+
+    const HEADERS: &str =
+        "MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: echo\r\n";
+
+    #[test]
+    fn a_valid_request_yields_its_envelope() {
+        let (req, msg) = post(
+            HEADERS,
+            &call(MODERN_VERSION, json!({META_LOG_LEVEL: "info"})),
+        );
+        assert!(is_modern(&req, &msg));
+        let env = check(&req, &msg).expect("valid");
+        assert_eq!(env.version, MODERN_VERSION);
+        assert_eq!(env.log_level.as_deref(), Some("info"));
+    }
+
+    #[test]
+    fn the_ladder_refuses_in_order() {
+        // No envelope, but a modern header: modern, and refused for the missing keys.
+        let bare = json!({"jsonrpc":"2.0","id":3,"method":"tools/list","params":{}});
+        let (req, msg) = post(HEADERS, &bare);
+        assert!(is_modern(&req, &msg));
+        assert_eq!(code(check(&req, &msg)), (400, jsonrpc::INVALID_PARAMS));
+        // Headers that disagree with the body.
+        let (req, msg) = post(
+            "Mcp-Method: tools/call\r\nMcp-Name: echo\r\n",
+            &call(MODERN_VERSION, json!({})),
+        );
+        assert_eq!(code(check(&req, &msg)), (400, jsonrpc::HEADER_MISMATCH));
+        let wrong_name = HEADERS.replace("Mcp-Name: echo", "Mcp-Name: other");
+        let (req, msg) = post(&wrong_name, &call(MODERN_VERSION, json!({})));
+        assert_eq!(code(check(&req, &msg)), (400, jsonrpc::HEADER_MISMATCH));
+        // An unknown version, stated consistently: -32022 with the supported list.
+        let future = HEADERS.replace("2026-07-28", "2027-01-01");
+        let (req, msg) = post(&future, &call("2027-01-01", json!({})));
+        let r = check(&req, &msg).expect_err("refused");
+        let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        assert_eq!(body["error"]["code"], jsonrpc::UNSUPPORTED_VERSION);
+        assert_eq!(body["error"]["data"]["requested"], "2027-01-01");
+        assert_eq!(body["error"]["data"]["supported"][0], MODERN_VERSION);
+    }
+
+    #[test]
+    fn legacy_messages_are_not_modern() {
+        let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"_meta":{META_PROTOCOL_VERSION: MODERN_VERSION}}});
+        let (req, msg) = post(HEADERS, &init);
+        assert!(!is_modern(&req, &msg));
+        let list = json!({"jsonrpc":"2.0","id":1,"method":"tools/list"});
+        let (req, msg) = post("MCP-Protocol-Version: 2025-11-25\r\n", &list);
+        assert!(!is_modern(&req, &msg));
+    }
+
+    #[test]
+    fn base64_header_values() {
+        assert_eq!(decode_header_value("=?base64?w6ljaG8=?="), "écho");
+        assert_eq!(decode_header_value("=?base64?w6ljaG8?="), "écho");
+        assert_eq!(decode_header_value("plain"), "plain");
+        assert_eq!(decode_header_value("=?base64?***?="), "=?base64?***?=");
+    }
+}
