@@ -375,6 +375,10 @@ impl Session {
     }
 
     fn on_notification(&self, method: &str, params: &Value) {
+        // With MCPLEX_DEMO_TRACE set, say which notifications arrive (tests watch for them).
+        if std::env::var_os("MCPLEX_DEMO_TRACE").is_some() {
+            eprintln!("mcplex-demo: got {method} {params}");
+        }
         // `notifications/initialized` and anything unknown need no action.
         if method == "notifications/cancelled" {
             if let Some(id) = params.get("requestId") {

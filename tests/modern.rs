@@ -1,0 +1,272 @@
+//! The stateless revision (2026-07-28) on `/mcp`, over real sockets, with the demo as a legacy
+//! stdio upstream: no session, each request carrying its own version and capabilities, the
+//! gateway's pool of links serving them.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const MODERN: &str = "2026-07-28";
+
+fn envelope(extra: Value) -> Value {
+    let mut meta = json!({
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "modern-test", "version": "1"},
+    });
+    if let (Value::Object(m), Value::Object(x)) = (&mut meta, extra) {
+        m.extend(x);
+    }
+    meta
+}
+
+/// A modern POST with the headers the revision asks for (`name` goes in `Mcp-Name`).
+fn modern_post(method: &str, name: Option<&str>, id: &Value, mut params: Value) -> Vec<u8> {
+    let meta = params.get("_meta").cloned().unwrap_or_else(|| json!({}));
+    params["_meta"] = envelope(meta);
+    let body = rpc_request(id, method, params);
+    let mut h: Vec<(&str, &str)> = POST_HEADERS.to_vec();
+    h.push(("MCP-Protocol-Version", MODERN));
+    h.push(("Mcp-Method", method));
+    if let Some(n) = name {
+        h.push(("Mcp-Name", n));
+    }
+    request("POST", "/mcp", &h, body.as_bytes())
+}
+
+#[track_caller]
+fn call(gw: &Gateway, method: &str, name: Option<&str>, params: Value) -> Value {
+    let id = next_id();
+    let r = send_once(gw.port, &modern_post(method, name, &id, params));
+    assert_status(&r, 200);
+    assert!(
+        r.header("mcp-session-id").is_none(),
+        "no session is handed out"
+    );
+    r.rpc(&id)
+}
+
+#[test]
+fn discover_list_and_call_need_no_session() {
+    let gw = Gateway::demo("");
+    let d = call(&gw, "server/discover", None, json!({}));
+    let r = &d["result"];
+    assert_eq!(r["resultType"], "complete", "{d}");
+    assert_eq!(r["supportedVersions"][0], MODERN, "{d}");
+    assert!(r["capabilities"]["tools"].is_object(), "{d}");
+    assert_eq!(r["cacheScope"], "private");
+    assert_eq!(r["ttlMs"], 0);
+    assert_eq!(
+        r["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "mcplex"
+    );
+
+    let list = call(&gw, "tools/list", None, json!({}));
+    assert_eq!(list["result"]["resultType"], "complete", "{list}");
+    assert_eq!(list["result"]["ttlMs"], 0, "{list}");
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|x| x["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(names.contains(&"echo"), "{names:?}");
+
+    let echo = call(
+        &gw,
+        "tools/call",
+        Some("echo"),
+        json!({"name": "echo", "arguments": {"message": "stateless"}}),
+    );
+    assert_eq!(echo["result"]["resultType"], "complete", "{echo}");
+    assert_eq!(echo["result"]["content"][0]["text"], "stateless", "{echo}");
+    assert!(
+        echo["result"].get("ttlMs").is_none(),
+        "tools/call is not cacheable"
+    );
+    // Many requests, one pool: the demo was started once.
+    assert_eq!(
+        gw.children().len(),
+        1,
+        "one child serves every stateless request"
+    );
+    let health = send_once(gw.port, &request("GET", "/healthz", &[], b"")).json();
+    assert_eq!(
+        health["sessions"], 0,
+        "a pool is no client session: {health}"
+    );
+}
+
+#[test]
+fn progress_travels_on_the_requests_own_stream() {
+    let gw = Gateway::demo("");
+    let id = next_id();
+    let params = json!({"name": "slow", "arguments": {"steps": 3, "delayMs": 10},
+                        "_meta": {"progressToken": "tok-1"}});
+    let r = send_once(
+        gw.port,
+        &modern_post("tools/call", Some("slow"), &id, params),
+    );
+    assert_status(&r, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/event-stream"));
+    let messages = r.messages();
+    let progress: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
+    assert_eq!(progress.len(), 3, "{messages:?}");
+    assert!(progress
+        .iter()
+        .all(|p| p["params"]["progressToken"] == "tok-1"));
+    let answer = messages.last().cloned().unwrap_or_default();
+    assert_eq!(answer["id"], id);
+    assert_eq!(answer["result"]["resultType"], "complete", "{answer}");
+}
+
+#[test]
+fn a_closed_reply_stream_cancels_the_call_upstream() {
+    let cfg = format!(
+        "mcp:\n  port: 0\n  targets:\n  - name: demo\n    stdio: {{cmd: {:?}, env: {{MCPLEX_DEMO_TRACE: \"1\"}}}}\n",
+        demo_bin()
+    );
+    let gw = Gateway::start(&cfg);
+    let id = next_id();
+    let params = json!({"name": "slow", "arguments": {"steps": 100, "delayMs": 100},
+                        "_meta": {"progressToken": 1}});
+    let mut c = gw.connect();
+    c.send(&modern_post("tools/call", Some("slow"), &id, params))
+        .expect("send");
+    let head = c.read_head().expect("head");
+    assert_eq!(head.status, 200);
+    let first = c
+        .next_event(&head)
+        .expect("event")
+        .expect("a progress event");
+    assert_eq!(first.json()["method"], "notifications/progress");
+    drop(c);
+    let cancelled = wait_until(Duration::from_secs(5), || {
+        gw.log_text().contains("got notifications/cancelled")
+    });
+    assert!(
+        cancelled,
+        "no cancellation reached the child:\n{}",
+        gw.log_text()
+    );
+    // The pool goes on serving.
+    let echo = call(
+        &gw,
+        "tools/call",
+        Some("echo"),
+        json!({"name": "echo", "arguments": {"message": "x"}}),
+    );
+    assert_eq!(echo["result"]["content"][0]["text"], "x", "{echo}");
+}
+
+#[test]
+fn bad_envelopes_headers_and_versions_are_400() {
+    let gw = Gateway::demo("");
+    let id = json!(41);
+    let code = |req: Vec<u8>| {
+        let r = send_once(gw.port, &req);
+        assert_status(&r, 400);
+        let e = r.json();
+        assert_eq!(e["id"], 41, "{e}");
+        (e["error"]["code"].as_i64().unwrap_or(0), e)
+    };
+    // The modern header without the envelope.
+    let bare = rpc_request(&id, "tools/list", json!({}));
+    let mut h: Vec<(&str, &str)> = POST_HEADERS.to_vec();
+    h.extend([
+        ("MCP-Protocol-Version", MODERN),
+        ("Mcp-Method", "tools/list"),
+    ]);
+    assert_eq!(code(request("POST", "/mcp", &h, bare.as_bytes())).0, -32602);
+    // Mcp-Name that does not match the body.
+    let params = json!({"name": "echo", "arguments": {}});
+    assert_eq!(
+        code(modern_post("tools/call", Some("add"), &id, params)).0,
+        -32020
+    );
+    // Mcp-Method that does not match the body.
+    let mut wrong = modern_post("tools/list", None, &id, json!({}));
+    let text = String::from_utf8_lossy(&wrong)
+        .replace("Mcp-Method: tools/list", "Mcp-Method: prompts/list");
+    wrong = text.into_bytes();
+    assert_eq!(code(wrong).0, -32020);
+    // A version the gateway does not speak, stated consistently.
+    let body = json!({"jsonrpc": "2.0", "id": 41, "method": "tools/list", "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2027-01-01",
+        "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string();
+    let mut h: Vec<(&str, &str)> = POST_HEADERS.to_vec();
+    h.extend([
+        ("MCP-Protocol-Version", "2027-01-01"),
+        ("Mcp-Method", "tools/list"),
+    ]);
+    let (c, e) = code(request("POST", "/mcp", &h, body.as_bytes()));
+    assert_eq!(c, -32022, "{e}");
+    assert_eq!(e["error"]["data"]["requested"], "2027-01-01");
+    assert_eq!(e["error"]["data"]["supported"][0], MODERN);
+    // None of this started anything.
+    assert!(gw.children().is_empty(), "refused requests start no child");
+}
+
+#[test]
+fn get_and_delete_without_a_session_are_405() {
+    let gw = Gateway::demo("");
+    for method in ["GET", "DELETE"] {
+        let r = send_once(
+            gw.port,
+            &request(method, "/mcp", &[("Accept", "text/event-stream")], b""),
+        );
+        assert_status(&r, 405);
+    }
+}
+
+#[test]
+fn initialize_with_an_object_id_or_no_version_is_refused() {
+    let gw = Gateway::demo("");
+    let bad_id = json!({"jsonrpc": "2.0", "id": {"x": 1}, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let r = send_once(gw.port, &mcp_post(None, &bad_id.to_string()));
+    assert_status(&r, 400);
+    assert_eq!(r.json()["id"], Value::Null, "{}", r.text());
+    assert!(r.header("mcp-session-id").is_none());
+    let no_version = json!({"jsonrpc": "2.0", "id": 2, "method": "initialize",
+        "params": {"capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let r = send_once(gw.port, &mcp_post(None, &no_version.to_string()));
+    assert_status(&r, 400);
+    assert_eq!(r.json()["error"]["code"], -32602, "{}", r.text());
+    assert!(r.header("mcp-session-id").is_none(), "no session for it");
+    assert!(gw.children().is_empty());
+}
+
+#[test]
+fn legacy_sessions_and_stateless_requests_share_one_endpoint() {
+    let yaml = format!(
+        "mcp:\n  port: 0\n  targets:\n  - name: alpha\n    stdio: {{cmd: {d:?}}}\n  - name: beta\n    stdio: {{cmd: {d:?}}}\n",
+        d = demo_bin()
+    );
+    let gw = Gateway::start(&yaml);
+    let legacy = gw.session();
+    let echo = call(
+        &gw,
+        "tools/call",
+        Some("beta_echo"),
+        json!({"name": "beta_echo", "arguments": {"message": "modern"}}),
+    );
+    assert_eq!(echo["result"]["content"][0]["text"], "modern", "{echo}");
+    let r = legacy.tool("alpha_echo", json!({"message": "legacy"}));
+    assert_eq!(tool_text(&r), "legacy");
+    assert!(
+        r["result"].get("resultType").is_none(),
+        "legacy results stay legacy: {r}"
+    );
+    // The session's two children, and the pool's two.
+    assert_eq!(gw.children().len(), 4);
+    let health = send_once(gw.port, &request("GET", "/healthz", &[], b"")).json();
+    assert_eq!(health["sessions"], 1, "{health}");
+}
