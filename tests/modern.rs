@@ -270,3 +270,68 @@ fn legacy_sessions_and_stateless_requests_share_one_endpoint() {
     let health = send_once(gw.port, &request("GET", "/healthz", &[], b"")).json();
     assert_eq!(health["sessions"], 1, "{health}");
 }
+
+/// The demo's `test_sampling` asks its client for a completion. A stateless client is asked
+/// through an `input_required` result, and its retry with `inputResponses` answers the demo.
+#[test]
+fn a_legacy_servers_request_becomes_an_input_round() {
+    let gw = Gateway::demo("");
+    let caps = json!({"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}});
+    let args = json!({"prompt": "What is 6 x 7?"});
+    let params = json!({"name": "test_sampling", "arguments": args, "_meta": caps});
+    let first = call(&gw, "tools/call", Some("test_sampling"), params.clone());
+    let r = &first["result"];
+    assert_eq!(r["resultType"], "input_required", "{first}");
+    let (key, ask) = r["inputRequests"]
+        .as_object()
+        .and_then(|m| m.iter().next())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .expect("one input request");
+    assert_eq!(ask["method"], "sampling/createMessage", "{ask}");
+    assert_eq!(
+        ask["params"]["messages"][0]["content"]["text"],
+        "What is 6 x 7?"
+    );
+    let token = r["requestState"]
+        .as_str()
+        .expect("a requestState")
+        .to_string();
+
+    // A forged or altered state is refused, and does not use up the real one.
+    let mut forged = params.clone();
+    forged["requestState"] = json!(token.replacen("v1.", "v1.x", 1));
+    forged["inputResponses"] = json!({});
+    let bad = call(&gw, "tools/call", Some("test_sampling"), forged);
+    assert_eq!(bad["error"]["code"], -32602, "{bad}");
+    // The same state on another tool is refused too.
+    let mut elsewhere = json!({"name": "echo", "arguments": {"message": "x"}, "_meta": caps});
+    elsewhere["requestState"] = json!(token);
+    let bad = call(&gw, "tools/call", Some("echo"), elsewhere);
+    assert_eq!(bad["error"]["code"], -32602, "{bad}");
+
+    let mut retry = params.clone();
+    retry["requestState"] = json!(token);
+    retry["inputResponses"] = json!({key.clone(): {"role": "assistant",
+        "content": {"type": "text", "text": "42"}, "model": "test-model"}});
+    let done = call(&gw, "tools/call", Some("test_sampling"), retry.clone());
+    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    assert_eq!(
+        done["result"]["content"][0]["text"], "LLM response: 42",
+        "{done}"
+    );
+    // Single use: the round is over.
+    let again = call(&gw, "tools/call", Some("test_sampling"), retry);
+    assert_eq!(again["error"]["code"], -32602, "{again}");
+}
+
+#[test]
+fn a_client_without_the_capability_is_not_asked() {
+    let gw = Gateway::demo("");
+    let params = json!({"name": "test_sampling", "arguments": {"prompt": "hi"}});
+    let r = call(&gw, "tools/call", Some("test_sampling"), params);
+    assert_eq!(r["result"]["resultType"], "complete", "{r}");
+    assert_eq!(
+        r["result"]["isError"], true,
+        "the demo reports the refused request: {r}"
+    );
+}

@@ -277,8 +277,16 @@ fn modern_post(
         keep_alive: keep,
     });
     c.chunked = req.minor_version > 0;
+    let method = jsonrpc::method(&msg);
+    let name = modern::name_param(method)
+        .and_then(|k| msg.pointer(&format!("/params/{k}")))
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let modern = Modern {
         log_level: envelope.log_level,
+        capabilities: envelope.capabilities,
+        binding: crate::mcp::state::binding(method, name),
+        input: Vec::new(),
     };
     relay.modern_request(sk, id, msg, modern);
 }

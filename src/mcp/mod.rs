@@ -6,6 +6,7 @@ pub mod health;
 pub mod relay;
 pub mod route;
 pub mod session;
+pub mod state;
 
 /// Protocol revisions the gateway speaks, oldest first.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];

@@ -17,6 +17,7 @@ use super::route::Dest;
 use super::session::{
     new_session_id, Call, CallKind, Modern, Phase, Session, TargetSlot, TargetState, Waiting,
 };
+use super::state::{self, Resume, Signer};
 use crate::config::{BackendTls, FailureMode, Limits, McpBackend};
 use crate::idmap::IdMap;
 use crate::jsonrpc::{self, Kind};
@@ -89,6 +90,8 @@ pub struct Relay {
     /// Each backend's pool (by the address of its config), for stateless requests.
     pools: HashMap<usize, u64>,
     pub health: Health,
+    /// Signs the `requestState` of input rounds.
+    signer: Signer,
     limits: Limits,
     actions: VecDeque<Action>,
 }
@@ -103,6 +106,7 @@ impl Relay {
             next_link: 1,
             pools: HashMap::new(),
             health: Health::default(),
+            signer: Signer::new(limits.instance_id.as_deref().unwrap_or("-")),
             limits,
             actions: VecDeque::new(),
         }
@@ -505,11 +509,12 @@ impl Relay {
         );
         self.sessions.insert(sk, s);
         self.pools.insert(key, sk);
-        // The capabilities are the ones the gateway can bridge to stateless clients: none
-        // yet (server-to-client requests have no stateless counterpart here).
+        // The capabilities are the ones the gateway can bridge to stateless clients, as
+        // input_required rounds (roots are left out: a server may ask for them outside any
+        // request, when no client can be asked).
         let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": super::LATEST_VERSION,
-            "capabilities": {},
+            "capabilities": {"sampling": {}, "elicitation": {"form": {}}},
             "clientInfo": {"name": "mcplex", "version": env!("CARGO_PKG_VERSION")},
         }});
         self.initialize(sk, None, init);
@@ -530,6 +535,146 @@ impl Relay {
         }
     }
 
+    /// A legacy server's request to its client, on a pool. A stateless client cannot be asked
+    /// directly: the call it belongs to is answered with `input_required` instead, carrying the
+    /// request, and the server's answer waits for the client's retry (`resume`). Nothing in the
+    /// request says which call it belongs to, so it is attributed only while exactly one call
+    /// is in flight on that child; otherwise, or when that client cannot be asked this kind of
+    /// request, the server gets an error and the client hears nothing.
+    fn pool_server_request(&mut self, sk: u64, t: usize, msg: Value) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let method = jsonrpc::method(&msg).to_string();
+        let refuse = |why: &str| jsonrpc::error(id.clone(), jsonrpc::METHOD_NOT_FOUND, why);
+        let kind = match method.as_str() {
+            "ping" => return drop(self.send(sk, t, jsonrpc::result(id, json!({})))),
+            "sampling/createMessage" => "sampling",
+            "elicitation/create" => "elicitation",
+            "roots/list" => "roots",
+            m => {
+                let e = refuse(&format!("mcplex does not relay {m} to 2026-07-28 clients"));
+                return drop(self.send(sk, t, e));
+            }
+        };
+        let waiting: Vec<u64> = s
+            .calls
+            .iter()
+            .filter(|(_, c)| c.conn.is_some() && c.parts.iter().any(|p| p.0 == t && p.2.is_none()))
+            .map(|(k, _)| *k)
+            .collect();
+        let [cid] = waiting.as_slice() else {
+            let why = format!(
+                "{method} cannot be attributed: {} stateless calls are in flight on this server",
+                waiting.len()
+            );
+            return drop(self.send(sk, t, refuse(&why)));
+        };
+        let cid = *cid;
+        let Some(call) = s.calls.get_mut(&cid) else {
+            return;
+        };
+        let able = call
+            .modern
+            .as_ref()
+            .is_some_and(|m| m.capabilities.get(kind).is_some_and(Value::is_object));
+        if !able {
+            let why = format!("the client did not declare the {kind} capability");
+            return drop(self.send(sk, t, refuse(&why)));
+        }
+        let key = format!("{kind}-{}", s.next_id);
+        s.next_id += 1;
+        let mut params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
+        if kind == "elicitation" && params.get("mode").is_none() {
+            params["mode"] = "form".into(); // the legacy default, which 2026-07-28 spells out
+        }
+        let ttl = self.limits.request_timeout;
+        let Some(modern) = call.modern.as_mut() else {
+            return;
+        };
+        modern.input.push((key.clone(), t, id));
+        let expires = state::now_ms() + ttl.as_millis() as u64;
+        let token = self.signer.sign(
+            Resume {
+                pool: sk,
+                call: cid,
+            },
+            expires,
+            &modern.binding,
+        );
+        // The call waits upstream without a client; a retry that never comes times it out.
+        call.deadline = Instant::now() + ttl;
+        let conn = call.conn.take();
+        let client_id = call.client_id.clone();
+        s.by_client_id.remove(&jsonrpc::id_key(&client_id));
+        let result = json!({
+            "resultType": "input_required",
+            "inputRequests": {key: {"method": method, "params": params}},
+            "requestState": token,
+        });
+        self.reply(conn, jsonrpc::result(client_id, result));
+    }
+
+    /// A retry carrying `requestState`: the client's `inputResponses` answer the server's
+    /// waiting requests, and the call, still running upstream, now answers this request.
+    fn resume(&mut self, sk: u64, conn: ConnId, msg: &Value, modern: Modern, token: &str) {
+        let id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let found = self
+            .signer
+            .verify(token, state::now_ms(), &modern.binding)
+            .map_err(|e| e.to_string())
+            .and_then(|r| match r.pool == sk {
+                true => Ok(r.call),
+                false => Err("requestState belongs to another backend".into()),
+            });
+        let s = self.sessions.get_mut(&sk);
+        let call = found.and_then(|cid| {
+            let call = s.and_then(|s| s.calls.get_mut(&cid));
+            call.filter(|c| c.conn.is_none() && c.modern.as_ref().is_some_and(|m| !m.input.is_empty()))
+                .map(|_| cid)
+                .ok_or_else(|| "the request this requestState belongs to is no longer waiting (answered, timed out or failed)".to_string())
+        });
+        let cid = match call {
+            Ok(cid) => cid,
+            Err(why) => {
+                let e = jsonrpc::error(id, jsonrpc::INVALID_PARAMS, &why);
+                return self.reply(Some(conn), e);
+            }
+        };
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some(call) = s.calls.get_mut(&cid) else {
+            return;
+        };
+        let asked = call
+            .modern
+            .as_mut()
+            .map(|m| std::mem::take(&mut m.input))
+            .unwrap_or_default();
+        call.conn = Some(conn);
+        call.client_id = id.clone();
+        call.modern = Some(modern);
+        s.by_client_id.insert(jsonrpc::id_key(&id), cid);
+        let responses = msg.pointer("/params/inputResponses");
+        for (key, t, server_id) in asked {
+            let answer = match responses.and_then(|r| r.get(&key)) {
+                // An error object in place of a result: the client could not fulfil it.
+                Some(e) if e.get("code").is_some() && e.get("message").is_some() => {
+                    jsonrpc::error_answer(server_id, e.clone())
+                }
+                Some(r) => jsonrpc::result(server_id, r.clone()),
+                None => jsonrpc::error(
+                    server_id,
+                    jsonrpc::INTERNAL_ERROR,
+                    "the client sent no response to this request",
+                ),
+            };
+            let _ = self.send(sk, t, answer);
+        }
+    }
+
     /// A stateless request (already checked by the front) on pool `sk`; its answer goes to
     /// `conn`, shaped for the 2026-07-28 revision.
     pub fn modern_request(&mut self, sk: u64, conn: ConnId, mut msg: Value, modern: Modern) {
@@ -542,6 +687,10 @@ impl Relay {
             return;
         }
         let id = msg.get("id").cloned().unwrap_or(Value::Null);
+        if let Some(token) = msg.pointer("/params/requestState").and_then(Value::as_str) {
+            let token = token.to_string();
+            return self.resume(sk, conn, &msg, modern, &token);
+        }
         match jsonrpc::method(&msg) {
             "server/discover" => {
                 let mut r = discover_result(s.merged.as_ref());
@@ -1253,20 +1402,7 @@ impl Relay {
                 };
                 self.finish_part(sk, cid, part, r);
             }
-            Ok(Kind::Request) if s.pool => {
-                // No stateless client can be asked directly (the 2026-07-28 revision has no
-                // server-to-client requests).
-                let id = msg.get("id").cloned().unwrap_or(Value::Null);
-                let answer = match jsonrpc::method(&msg) {
-                    "ping" => jsonrpc::result(id, json!({})),
-                    m => jsonrpc::error(
-                        id,
-                        jsonrpc::METHOD_NOT_FOUND,
-                        &format!("mcplex does not relay {m} to 2026-07-28 clients"),
-                    ),
-                };
-                let _ = self.send(sk, t, answer);
-            }
+            Ok(Kind::Request) if s.pool => self.pool_server_request(sk, t, msg),
             Ok(Kind::Request) => {
                 let gid = s.alloc_id();
                 let orig = std::mem::replace(&mut msg["id"], json!(gid));

@@ -54,11 +54,19 @@ pub enum CallKind {
 }
 
 /// A call made by a stateless (2026-07-28) client: its answer is shaped for that revision.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Modern {
     /// `io.modelcontextprotocol/logLevel`: log notifications reach this request's stream only
     /// when it is set.
     pub log_level: Option<String>,
+    /// The client's capabilities, from its envelope: which requests of a legacy server it can
+    /// be asked (as an `input_required` round).
+    pub capabilities: Value,
+    /// What a `requestState` for this call is bound to (see `state::binding`).
+    pub binding: String,
+    /// A round in progress: the server's requests the client was asked, by input key, each
+    /// with its target and the server's own request id. Empty when no round is open.
+    pub input: Vec<(String, usize, Value)>,
 }
 
 /// A stateless request that waits for its pool to finish initializing.

@@ -112,3 +112,43 @@ async def _legacy_mode(c: Client) -> None:
     assert c.protocol_version != MODERN
     r = await _step("echo", c.call_tool("echo", {"message": "pinned legacy"}))
     assert _text_of(r.content) == "pinned legacy", r
+
+
+def test_legacy_servers_requests_reach_a_modern_client_as_input_rounds(gateway):
+    """Sampling and elicitation asked by legacy stdio servers (the demo, server-everything)
+    reach the pinned-modern SDK as input_required rounds, fulfilled by its own callbacks."""
+    from mcp import types
+
+    gw = gateway(_multiplexed())
+    sampled: list[str] = []
+    elicited: list[str] = []
+
+    async def on_sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        prompt = " ".join(getattr(m.content, "text", "") or "" for m in params.messages)
+        sampled.append(prompt)
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text=f"sampled[{prompt}]"), model="test-model"
+        )
+
+    async def on_elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        elicited.append(getattr(params, "message", ""))
+        return types.ElicitResult(action="accept", content={"username": "ada", "email": "ada@example.com"})
+
+    async def body(c: Client) -> None:
+        res = await _step("demo_test_sampling", c.call_tool("demo_test_sampling", {"prompt": "from demo"}))
+        assert not res.is_error, res
+        assert _text_of(res.content) == "LLM response: sampled[from demo]", res.content
+        res = await _step(
+            "everything_trigger-sampling-request",
+            c.call_tool("everything_trigger-sampling-request", {"prompt": "from everything"}),
+        )
+        assert not res.is_error, res
+        assert "sampled[" in _text_of(res.content), res.content
+        res = await _step("demo_test_elicitation", c.call_tool("demo_test_elicitation", {"message": "Who are you?"}))
+        assert not res.is_error, res
+        text = _text_of(res.content)
+        assert "action=accept" in text and "ada@example.com" in text, text
+        assert sampled[0] == "from demo" and "from everything" in sampled[1], sampled
+        assert elicited == ["Who are you?"], elicited
+
+    _run(gw.mcp, MODERN, body, sampling_callback=on_sampling, elicitation_callback=on_elicitation)
