@@ -1,0 +1,52 @@
+//! What a 2026-07-28 client controls: the request envelope and its headers (the checks the
+//! front runs), header values in the `=?base64?...?=` form, and the `requestState` it hands
+//! back. No panic; a state verifies only when it is the one that was signed.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mcplex::front::modern;
+use mcplex::http::parse::{parse_request, Limits};
+use mcplex::http::Status;
+use mcplex::mcp::state::{binding, Resume, Signer};
+
+const LIMITS: Limits = Limits {
+    max_head: 2048,
+    max_headers: 16,
+    max_body: 2048,
+};
+
+fuzz_target!(|data: &[u8]| {
+    // As a request: parsed, then, when its body is one JSON-RPC message, checked.
+    if let Ok(Status::Complete(req, _)) = parse_request(data, &LIMITS) {
+        if let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&req.body) {
+            if modern::is_modern(&req, &msg) {
+                let _ = modern::check(&req, &msg);
+            }
+        }
+        if let Some(v) = req.header("mcp-name") {
+            let _ = modern::decode_header_value(v);
+        }
+    }
+    // As text: a header value and a requestState.
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = modern::decode_header_value(text);
+    let signer = Signer::with_key("fuzz", b"fuzz key");
+    let bound = binding("tools/call", "t");
+    if let Ok(r) = signer.verify(text, 1, &bound) {
+        // Only a state this key signed can verify: signing what it names gives it back.
+        assert_eq!(signer.sign(r, expiry_of(text), &bound), text, "{r:?}");
+    }
+    let real = signer.sign(Resume { pool: 1, call: 2 }, 10, &bound);
+    assert!(signer.verify(&real, 1, &bound).is_ok());
+});
+
+/// The expiry field of a state that verified.
+fn expiry_of(state: &str) -> u64 {
+    state
+        .split('.')
+        .nth(4)
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0)
+}
