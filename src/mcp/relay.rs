@@ -15,7 +15,8 @@ use super::aggregate::{self, Part};
 use super::health::Health;
 use super::route::Dest;
 use super::session::{
-    new_session_id, Call, CallKind, Modern, Phase, Session, TargetSlot, TargetState, Waiting,
+    new_session_id, Call, CallKind, Input, Modern, Phase, Session, TargetSlot, TargetState,
+    Waiting,
 };
 use super::state::{self, Resume, Signer};
 use crate::config::{BackendTls, FailureMode, Limits, McpBackend};
@@ -94,6 +95,9 @@ pub struct Relay {
     signer: Signer,
     limits: Limits,
     actions: VecDeque<Action>,
+    /// Input rounds to answer (pool, call) once every server request that arrived with the
+    /// first one is in (see `next_action`).
+    rounds: Vec<(u64, u64)>,
 }
 
 impl Relay {
@@ -109,6 +113,7 @@ impl Relay {
             signer: Signer::new(limits.instance_id.as_deref().unwrap_or("-")),
             limits,
             actions: VecDeque::new(),
+            rounds: Vec::new(),
         }
     }
 
@@ -119,6 +124,13 @@ impl Relay {
 
     /// The next thing the loop must do.
     pub fn next_action(&mut self) -> Option<Action> {
+        if self.actions.is_empty() {
+            // What a link said in one read has all been handed over by now: a round answers
+            // with every request its server sent together (several inputs in one round).
+            for (sk, cid) in std::mem::take(&mut self.rounds) {
+                self.finish_round(sk, cid);
+            }
+        }
         self.actions.pop_front()
     }
 
@@ -510,11 +522,11 @@ impl Relay {
         self.sessions.insert(sk, s);
         self.pools.insert(key, sk);
         // The capabilities are the ones the gateway can bridge to stateless clients, as
-        // input_required rounds (roots are left out: a server may ask for them outside any
-        // request, when no client can be asked).
+        // input_required rounds (a request outside any call, such as roots/list right after
+        // initialization, gets an error: there is no one to ask).
         let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": super::LATEST_VERSION,
-            "capabilities": {"sampling": {}, "elicitation": {"form": {}}},
+            "capabilities": {"sampling": {}, "elicitation": {"form": {}}, "roots": {}},
             "clientInfo": {"name": "mcplex", "version": env!("CARGO_PKG_VERSION")},
         }});
         self.initialize(sk, None, init);
@@ -589,31 +601,57 @@ impl Relay {
         if kind == "elicitation" && params.get("mode").is_none() {
             params["mode"] = "form".into(); // the legacy default, which 2026-07-28 spells out
         }
-        let ttl = self.limits.request_timeout;
         let Some(modern) = call.modern.as_mut() else {
             return;
         };
-        modern.input.push((key.clone(), t, id));
+        if modern.input.is_empty() {
+            self.rounds.push((sk, cid));
+        }
+        modern.input.push(Input {
+            key,
+            target: t,
+            server_id: id,
+            request: json!({"method": method, "params": params}),
+        });
+    }
+
+    /// Answers a call's POST with `input_required`: every server request gathered for the
+    /// round, and a signed `requestState`. The call goes on waiting upstream without a client;
+    /// a retry that never comes times it out.
+    fn finish_round(&mut self, sk: u64, cid: u64) {
+        let ttl = self.limits.request_timeout;
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some(call) = s.calls.get_mut(&cid) else {
+            return;
+        };
+        let Some(modern) = call.modern.as_ref().filter(|m| !m.input.is_empty()) else {
+            return;
+        };
+        let Some(conn) = call.conn.take() else {
+            return;
+        };
+        let requests: serde_json::Map<String, Value> = modern
+            .input
+            .iter()
+            .map(|i| (i.key.clone(), i.request.clone()))
+            .collect();
         let expires = state::now_ms() + ttl.as_millis() as u64;
-        let token = self.signer.sign(
-            Resume {
-                pool: sk,
-                call: cid,
-            },
-            expires,
-            &modern.binding,
-        );
-        // The call waits upstream without a client; a retry that never comes times it out.
+        let resume = Resume {
+            pool: sk,
+            call: cid,
+        };
+        let token = self.signer.sign(resume, expires, &modern.binding);
         call.deadline = Instant::now() + ttl;
-        let conn = call.conn.take();
         let client_id = call.client_id.clone();
         s.by_client_id.remove(&jsonrpc::id_key(&client_id));
         let result = json!({
             "resultType": "input_required",
-            "inputRequests": {key: {"method": method, "params": params}},
+            "inputRequests": requests,
             "requestState": token,
         });
-        self.reply(conn, jsonrpc::result(client_id, result));
+        self.reply(Some(conn), jsonrpc::result(client_id, result));
     }
 
     /// A retry carrying `requestState`: the client's `inputResponses` answer the server's
@@ -658,20 +696,32 @@ impl Relay {
         call.modern = Some(modern);
         s.by_client_id.insert(jsonrpc::id_key(&id), cid);
         let responses = msg.pointer("/params/inputResponses");
-        for (key, t, server_id) in asked {
-            let answer = match responses.and_then(|r| r.get(&key)) {
+        let mut missing = Vec::new();
+        for input in asked {
+            let method = input.request["method"].as_str().unwrap_or("");
+            let answer = match responses.and_then(|r| r.get(&input.key)) {
                 // An error object in place of a result: the client could not fulfil it.
                 Some(e) if e.get("code").is_some() && e.get("message").is_some() => {
-                    jsonrpc::error_answer(server_id, e.clone())
+                    jsonrpc::error_answer(input.server_id.clone(), e.clone())
                 }
-                Some(r) => jsonrpc::result(server_id, r.clone()),
-                None => jsonrpc::error(
-                    server_id,
-                    jsonrpc::INTERNAL_ERROR,
-                    "the client sent no response to this request",
-                ),
+                Some(r) if answers(method, r) => {
+                    jsonrpc::result(input.server_id.clone(), r.clone())
+                }
+                // Missing or malformed: asked again in a new round.
+                _ => {
+                    missing.push(input);
+                    continue;
+                }
             };
-            let _ = self.send(sk, t, answer);
+            let _ = self.send(sk, input.target, answer);
+        }
+        if missing.is_empty() {
+            return;
+        }
+        let call = self.sessions.get_mut(&sk).and_then(|s| s.calls.get_mut(&cid));
+        if let Some(m) = call.and_then(|c| c.modern.as_mut()) {
+            m.input = missing;
+            self.rounds.push((sk, cid));
         }
     }
 
@@ -1588,6 +1638,16 @@ fn modernize_answer(method: &str, answer: &mut Value) {
         if code.as_i64() == Some(jsonrpc::RESOURCE_NOT_FOUND) {
             *code = jsonrpc::INVALID_PARAMS.into();
         }
+    }
+}
+
+/// Whether `r` has the shape of a result to a server's `method` request.
+fn answers(method: &str, r: &Value) -> bool {
+    match method {
+        "elicitation/create" => r.get("action").is_some_and(Value::is_string),
+        "sampling/createMessage" => r.get("content").is_some() && r.get("role").is_some(),
+        "roots/list" => r.get("roots").is_some_and(Value::is_array),
+        _ => r.is_object(),
     }
 }
 

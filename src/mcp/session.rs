@@ -64,9 +64,19 @@ pub struct Modern {
     pub capabilities: Value,
     /// What a `requestState` for this call is bound to (see `state::binding`).
     pub binding: String,
-    /// A round in progress: the server's requests the client was asked, by input key, each
-    /// with its target and the server's own request id. Empty when no round is open.
-    pub input: Vec<(String, usize, Value)>,
+    /// A round in progress: the server's requests the client is asked, each under its input
+    /// key, with its target, the server's own request id and the request itself
+    /// (`{method, params}`). Empty when no round is open.
+    pub input: Vec<Input>,
+}
+
+/// One server request put to a stateless client in an input round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Input {
+    pub key: String,
+    pub target: usize,
+    pub server_id: Value,
+    pub request: Value,
 }
 
 /// A stateless request that waits for its pool to finish initializing.
