@@ -509,12 +509,36 @@ impl Ctx<'_> {
 
     /// Sends a request to the client and waits for its answer.
     fn request(&self, method: &str, params: Value) -> Result<Value, String> {
+        let asked = self.ask(method, params);
+        self.wait(asked, method)
+    }
+
+    /// Sends several requests to the client at once, then waits for every answer.
+    fn request_all(&self, requests: Vec<(&str, Value)>) -> Vec<Result<Value, String>> {
+        let asked: Vec<_> = requests
+            .into_iter()
+            .map(|(method, params)| (method, self.ask(method, params)))
+            .collect();
+        asked
+            .into_iter()
+            .map(|(method, a)| self.wait(a, method))
+            .collect()
+    }
+
+    /// Sends a request to the client: its id and where its answer will arrive.
+    fn ask(&self, method: &str, params: Value) -> (Value, mpsc::Receiver<Value>) {
         let n = self.session.next_outgoing_id.fetch_add(1, Ordering::SeqCst);
         let id = Value::String(format!("{SERVER_NAME}-{n}"));
         let (tx, rx) = mpsc::channel();
         self.session.lock().pending.insert(id_key(&id), tx);
         self.outlet
             .send(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }));
+        (id, rx)
+    }
+
+    /// Waits for the answer to a request `ask` sent.
+    fn wait(&self, asked: (Value, mpsc::Receiver<Value>), method: &str) -> Result<Value, String> {
+        let (id, rx) = asked;
         let deadline = Instant::now() + CLIENT_REPLY_TIMEOUT;
         let outcome = loop {
             match rx.recv_timeout(POLL_INTERVAL) {
@@ -608,6 +632,7 @@ fn dispatch(ctx: &Ctx, method: &str, params: &Value) -> Result<Value, RpcError> 
             Ok(json!({}))
         }
         "prompts/list" => page(prompt_catalog(), "prompts", params),
+        "prompts/get" if params.get("name") == Some(&json!(INPUT_PROMPT)) => input_prompt(ctx),
         "prompts/get" => get_prompt(params),
         "completion/complete" => complete(params),
         "logging/setLevel" => {
@@ -779,6 +804,46 @@ fn tool_catalog() -> Vec<Value> {
             string_argument("prompt", "The prompt to send to the LLM"),
         ),
         tool(
+            "test_input_required_result_sampling",
+            "Asks the client's LLM for the capital of France",
+            no_arguments(),
+        ),
+        tool(
+            "test_input_required_result_elicitation",
+            "Asks the user for a name",
+            no_arguments(),
+        ),
+        tool(
+            "test_input_required_result_list_roots",
+            "Asks the client for its roots",
+            no_arguments(),
+        ),
+        tool(
+            "test_input_required_result_request_state",
+            "Asks the user to confirm; says state-ok when the answer came back",
+            no_arguments(),
+        ),
+        tool(
+            "test_input_required_result_multiple_inputs",
+            "Asks for a name, a greeting and the roots at once",
+            no_arguments(),
+        ),
+        tool(
+            "test_input_required_result_multi_round",
+            "Asks for a name, then for a favourite colour",
+            no_arguments(),
+        ),
+        tool(
+            "test_input_required_result_tampered_state",
+            "Asks the user to confirm",
+            no_arguments(),
+        ),
+        tool(
+            "test_input_required_result_capabilities",
+            "Asks for a completion and for a name at once, each only if the client can answer",
+            no_arguments(),
+        ),
+        tool(
             "test_elicitation",
             "Asks the user for a username and an email (elicitation/create)",
             string_argument("message", "The message to show the user"),
@@ -888,6 +953,7 @@ fn call_tool(ctx: &Ctx, params: &Value) -> Result<Value, RpcError> {
             "This tool intentionally returns an error for testing",
         )),
         "test_sampling" => sampling_tool(ctx, args),
+        n if n.starts_with("test_input_required_result_") => input_fixture(ctx, n),
         "test_elicitation" => {
             let message = required_str(args, "message")?;
             let schema = json!({
@@ -1253,7 +1319,164 @@ fn prompt_catalog() -> Vec<Value> {
             "name": "test_prompt_with_image",
             "description": "A prompt that includes an image",
         }),
+        json!({
+            "name": INPUT_PROMPT,
+            "description": "A prompt that asks the user for its context first",
+        }),
     ]
+}
+
+/// The prompt that asks the user before it is built.
+const INPUT_PROMPT: &str = "test_input_required_result_prompt";
+
+fn input_prompt(ctx: &Ctx) -> Result<Value, RpcError> {
+    let asked = ctx.request(
+        "elicitation/create",
+        form("What context should the prompt use?", "context", "string"),
+    );
+    let context = asked
+        .ok()
+        .and_then(|r| r.pointer("/content/context").cloned())
+        .and_then(|c| c.as_str().map(str::to_string))
+        .ok_or_else(|| RpcError::new(INTERNAL_ERROR, "no context was given"))?;
+    Ok(json!({
+        "description": "A prompt built from the user's context",
+        "messages": [user_message(text_content(&format!("Context: {context}")))],
+    }))
+}
+
+/// An elicitation with one required field.
+fn form(message: &str, field: &str, kind: &str) -> Value {
+    json!({
+        "message": message,
+        "requestedSchema": {
+            "type": "object",
+            "properties": { field: { "type": kind } },
+            "required": [field],
+        },
+    })
+}
+
+/// The 2026-07-28 conformance suite's input-required fixtures, written the way a legacy server
+/// writes them: it asks its client (sampling, elicitation, roots) and waits for the answers.
+/// A gateway in front of a stateless client turns each question into an input_required round.
+fn input_fixture(ctx: &Ctx, name: &str) -> Result<Value, RpcError> {
+    let sample = |text: &str, max: u64| {
+        let m = json!([{ "role": "user", "content": { "type": "text", "text": text } }]);
+        json!({ "messages": m, "maxTokens": max })
+    };
+    let field = |r: &Result<Value, String>, f: &str| -> String {
+        match r {
+            Ok(v) => v
+                .pointer(&format!("/content/{f}"))
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    };
+    let failed = |r: &Result<Value, String>| r.as_ref().err().cloned();
+    let text = match name.trim_start_matches("test_input_required_result_") {
+        "sampling" => {
+            let r = ctx.request(
+                "sampling/createMessage",
+                sample("What is the capital of France?", 100),
+            );
+            match r {
+                Ok(v) => format!("Sampled: {}", sampled_text(&v)),
+                Err(e) => return Ok(tool_error(&format!("sampling failed: {e}"))),
+            }
+        }
+        "elicitation" => {
+            let r = ctx.request(
+                "elicitation/create",
+                form("What is your name?", "name", "string"),
+            );
+            if let Some(e) = failed(&r) {
+                return Ok(tool_error(&format!("elicitation failed: {e}")));
+            }
+            format!("Hello, {}!", field(&r, "name"))
+        }
+        "list_roots" => match ctx.request("roots/list", json!({})) {
+            Ok(v) => {
+                let uris: Vec<String> = v["roots"]
+                    .as_array()
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|x| x["uri"].as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                format!("Roots: {}", uris.join(", "))
+            }
+            Err(e) => return Ok(tool_error(&format!("roots/list failed: {e}"))),
+        },
+        "request_state" | "tampered_state" => {
+            let r = ctx.request(
+                "elicitation/create",
+                form("Please confirm", "ok", "boolean"),
+            );
+            if let Some(e) = failed(&r) {
+                return Ok(tool_error(&format!("elicitation failed: {e}")));
+            }
+            format!("state-ok: confirmed={}", field(&r, "ok"))
+        }
+        "multiple_inputs" => {
+            let answers = ctx.request_all(vec![
+                (
+                    "elicitation/create",
+                    form("What is your name?", "name", "string"),
+                ),
+                ("sampling/createMessage", sample("Generate a greeting", 50)),
+                ("roots/list", json!({})),
+            ]);
+            if let Some(e) = answers.iter().find_map(failed) {
+                return Ok(tool_error(&format!("a question failed: {e}")));
+            }
+            let greeting = answers[1].as_ref().map(sampled_text).unwrap_or_default();
+            format!("{greeting}, {}", field(&answers[0], "name"))
+        }
+        "multi_round" => {
+            let first = ctx.request(
+                "elicitation/create",
+                form("Step 1: What is your name?", "name", "string"),
+            );
+            if let Some(e) = failed(&first) {
+                return Ok(tool_error(&format!("step 1 failed: {e}")));
+            }
+            let second = ctx.request(
+                "elicitation/create",
+                form("Step 2: What is your favorite color?", "color", "string"),
+            );
+            if let Some(e) = failed(&second) {
+                return Ok(tool_error(&format!("step 2 failed: {e}")));
+            }
+            format!(
+                "{} likes {}",
+                field(&first, "name"),
+                field(&second, "color")
+            )
+        }
+        "capabilities" => {
+            // Asked together: a client that cannot answer one kind gets only the other.
+            let answers = ctx.request_all(vec![
+                ("sampling/createMessage", sample("Say hello", 20)),
+                (
+                    "elicitation/create",
+                    form("What is your name?", "name", "string"),
+                ),
+            ]);
+            let said: Vec<String> = answers
+                .iter()
+                .map(|a| match a {
+                    Ok(_) => "answered".to_string(),
+                    Err(e) => format!("not answered ({e})"),
+                })
+                .collect();
+            format!("sampling {}, elicitation {}", said[0], said[1])
+        }
+        _ => return Err(RpcError::invalid_params(format!("Unknown tool: {name}"))),
+    };
+    Ok(tool_text(&text))
 }
 
 fn user_message(content: Value) -> Value {
@@ -1434,7 +1657,8 @@ fn stdio_request(
     // Tools that answer at once (no sleeping, no questions to the client) run
     // inline too: a thread per call would make the demo, not the gateway in front
     // of it, the cost a benchmark measures.
-    let inline = method != "tools/call" || is_instant_tool(&params);
+    let asks = method == "prompts/get" && params.get("name") == Some(&json!(INPUT_PROMPT));
+    let inline = (method != "tools/call" && !asks) || is_instant_tool(&params);
     let run = {
         let session = Arc::clone(session);
         move || {

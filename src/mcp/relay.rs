@@ -15,8 +15,7 @@ use super::aggregate::{self, Part};
 use super::health::Health;
 use super::route::Dest;
 use super::session::{
-    new_session_id, Call, CallKind, Input, Modern, Phase, Session, TargetSlot, TargetState,
-    Waiting,
+    new_session_id, Call, CallKind, Input, Modern, Phase, Session, TargetSlot, TargetState, Waiting,
 };
 use super::state::{self, Resume, Signer};
 use crate::config::{BackendTls, FailureMode, Limits, McpBackend};
@@ -718,7 +717,10 @@ impl Relay {
         if missing.is_empty() {
             return;
         }
-        let call = self.sessions.get_mut(&sk).and_then(|s| s.calls.get_mut(&cid));
+        let call = self
+            .sessions
+            .get_mut(&sk)
+            .and_then(|s| s.calls.get_mut(&cid));
         if let Some(m) = call.and_then(|c| c.modern.as_mut()) {
             m.input = missing;
             self.rounds.push((sk, cid));
