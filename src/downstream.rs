@@ -41,6 +41,8 @@ pub struct Exchange {
     pub session_header: Option<String>,
     /// The request asked to close the connection afterwards.
     pub keep_alive: bool,
+    /// A stateless (2026-07-28) request: an error answer picks the HTTP status.
+    pub modern: bool,
 }
 
 #[derive(Debug)]
@@ -240,7 +242,12 @@ impl Conn {
             match (ex.batch, collected.len()) {
                 (_, 0) => self.respond(202, &headers, b"", ex.keep_alive),
                 (false, _) => {
-                    self.respond_json_text(200, &headers, &collected.swap_remove(0), ex.keep_alive)
+                    let text = collected.swap_remove(0);
+                    let status = match ex.modern {
+                        true => crate::jsonrpc::modern_status(&text),
+                        false => 200,
+                    };
+                    self.respond_json_text(status, &headers, &text, ex.keep_alive)
                 }
                 (true, _) => {
                     let array = format!("[{}]", collected.join(","));
@@ -502,6 +509,7 @@ mod tests {
             collected: Vec::new(),
             session_header: Some("s-1".into()),
             keep_alive: true,
+            modern: false,
         })
     }
 

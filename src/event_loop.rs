@@ -348,9 +348,10 @@ impl Gateway {
                     backend,
                     target,
                     tls,
+                    shared,
                 } => {
                     let opened = match backend.targets.get(target) {
-                        Some(t) => self.links.open(link, t, tls.as_deref(), &mut reg),
+                        Some(t) => self.links.open(link, t, tls.as_deref(), shared, &mut reg),
                         None => Err("no such target".into()),
                     };
                     match opened {

@@ -15,11 +15,30 @@ pub const REQUEST_TIMEOUT: i64 = -32001;
 /// 2026-07-28: an HTTP header disagrees with the body (`MCP-Protocol-Version`, `Mcp-Method`,
 /// `Mcp-Name`).
 pub const HEADER_MISMATCH: i64 = -32020;
+/// 2026-07-28: serving the request needs a client capability the request did not declare;
+/// `data.requiredCapabilities` names it.
+pub const MISSING_CLIENT_CAPABILITY: i64 = -32021;
 /// 2026-07-28: the request names a protocol version the server does not speak; `data` lists
 /// the supported ones.
 pub const UNSUPPORTED_VERSION: i64 = -32022;
 /// Legacy "resource not found"; 2026-07-28 uses `INVALID_PARAMS` instead.
 pub const RESOURCE_NOT_FOUND: i64 = -32002;
+
+/// The HTTP status a 2026-07-28 answer goes out with, from its serialized text: 404 for an
+/// unknown method, 400 for the revision's request errors, 200 for everything else.
+pub fn modern_status(text: &str) -> u16 {
+    if !text.contains("\"error\"") {
+        return 200;
+    }
+    let code = serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v.pointer("/error/code").and_then(Value::as_i64));
+    match code {
+        Some(METHOD_NOT_FOUND) => 404,
+        Some(HEADER_MISMATCH | MISSING_CLIENT_CAPABILITY | UNSUPPORTED_VERSION) => 400,
+        _ => 200,
+    }
+}
 
 /// What one JSON-RPC message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -327,11 +327,44 @@ fn a_legacy_servers_request_becomes_an_input_round() {
 #[test]
 fn a_client_without_the_capability_is_not_asked() {
     let gw = Gateway::demo("");
+    // The demo's sampling tool asks sampling/createMessage; this client declared none.
+    let id = next_id();
     let params = json!({"name": "test_sampling", "arguments": {"prompt": "hi"}});
-    let r = call(&gw, "tools/call", Some("test_sampling"), params);
-    assert_eq!(r["result"]["resultType"], "complete", "{r}");
+    let post = modern_post("tools/call", Some("test_sampling"), &id, params);
+    let r = send_once(gw.port, &post);
+    assert_status(&r, 400);
+    let e = r.rpc(&id);
     assert_eq!(
-        r["result"]["isError"], true,
-        "the demo reports the refused request: {r}"
+        e["error"]["code"], -32021,
+        "MissingRequiredClientCapability: {e}"
     );
+    assert!(
+        e["error"]["data"]["requiredCapabilities"]["sampling"].is_object(),
+        "{e}"
+    );
+    // The pool's child was told no and stopped: the next call is served at once.
+    let r = call(
+        &gw,
+        "tools/call",
+        Some("add"),
+        json!({"name": "add", "arguments": {"a": 1, "b": 2}}),
+    );
+    assert_eq!(r["result"]["content"][0]["text"], "3", "{r}");
+}
+
+#[test]
+fn removed_and_unknown_methods_are_404() {
+    let gw = Gateway::demo("");
+    for method in [
+        "ping",
+        "logging/setLevel",
+        "resources/subscribe",
+        "initialize",
+        "no/such",
+    ] {
+        let id = next_id();
+        let r = send_once(gw.port, &modern_post(method, None, &id, json!({})));
+        assert_status(&r, 404);
+        assert_eq!(r.rpc(&id)["error"]["code"], -32601, "{method}");
+    }
 }

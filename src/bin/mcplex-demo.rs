@@ -204,6 +204,7 @@ const REQUEST_CANCELLED: i64 = -32800;
 struct RpcError {
     code: i64,
     message: String,
+    data: Option<Value>,
 }
 
 impl RpcError {
@@ -211,6 +212,7 @@ impl RpcError {
         RpcError {
             code,
             message: message.into(),
+            data: None,
         }
     }
 
@@ -231,7 +233,10 @@ fn error_response(id: &Value, err: &RpcError) -> Value {
     json!({
         "jsonrpc": "2.0",
         "id": id,
-        "error": { "code": err.code, "message": err.message },
+        "error": match &err.data {
+            Some(data) => json!({ "code": err.code, "message": err.message, "data": data }),
+            None => json!({ "code": err.code, "message": err.message }),
+        },
     })
 }
 
@@ -444,6 +449,13 @@ impl Session {
 trait Outlet {
     fn send(&self, message: &Value);
 
+    /// Several messages at once (stdio: in one write, so the reader sees them together).
+    fn send_all(&self, messages: &[Value]) {
+        for m in messages {
+            self.send(m);
+        }
+    }
+
     /// HTTP only: end the request's SSE stream before the response is ready,
     /// so the client has to resume it with `Last-Event-ID` (SEP-1699 polling).
     fn close_stream(&self) {}
@@ -509,16 +521,29 @@ impl Ctx<'_> {
 
     /// Sends a request to the client and waits for its answer.
     fn request(&self, method: &str, params: Value) -> Result<Value, String> {
-        let asked = self.ask(method, params);
+        let asked = self.ask(None, method, params);
         self.wait(asked, method)
     }
 
-    /// Sends several requests to the client at once, then waits for every answer.
-    fn request_all(&self, requests: Vec<(&str, Value)>) -> Vec<Result<Value, String>> {
+    /// As `request`, with the request id `name` (unless a request by that name is already
+    /// waiting): a gateway in front of a stateless client names the question after it.
+    fn request_as(&self, name: &str, method: &str, params: Value) -> Result<Value, String> {
+        let asked = self.ask(Some(name), method, params);
+        self.wait(asked, method)
+    }
+
+    /// Sends several named requests to the client at once, then waits for every answer.
+    fn request_all(&self, requests: Vec<(&str, &str, Value)>) -> Vec<Result<Value, String>> {
+        let mut messages = Vec::new();
         let asked: Vec<_> = requests
             .into_iter()
-            .map(|(method, params)| (method, self.ask(method, params)))
+            .map(|(name, method, params)| {
+                let (msg, asked) = self.prepare(Some(name), method, params);
+                messages.push(msg);
+                (method, asked)
+            })
             .collect();
+        self.outlet.send_all(&messages);
         asked
             .into_iter()
             .map(|(method, a)| self.wait(a, method))
@@ -526,14 +551,37 @@ impl Ctx<'_> {
     }
 
     /// Sends a request to the client: its id and where its answer will arrive.
-    fn ask(&self, method: &str, params: Value) -> (Value, mpsc::Receiver<Value>) {
-        let n = self.session.next_outgoing_id.fetch_add(1, Ordering::SeqCst);
-        let id = Value::String(format!("{SERVER_NAME}-{n}"));
+    fn ask(
+        &self,
+        name: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> (Value, mpsc::Receiver<Value>) {
+        let (msg, asked) = self.prepare(name, method, params);
+        self.outlet.send(&msg);
+        asked
+    }
+
+    /// A request to the client, registered as waiting for its answer but not sent yet.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &self,
+        name: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> (Value, (Value, mpsc::Receiver<Value>)) {
         let (tx, rx) = mpsc::channel();
-        self.session.lock().pending.insert(id_key(&id), tx);
-        self.outlet
-            .send(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }));
-        (id, rx)
+        let mut inner = self.session.lock();
+        let id = match name.map(|n| Value::String(n.to_string())) {
+            Some(named) if !inner.pending.contains_key(&id_key(&named)) => named,
+            _ => {
+                let n = self.session.next_outgoing_id.fetch_add(1, Ordering::SeqCst);
+                Value::String(format!("{SERVER_NAME}-{n}"))
+            }
+        };
+        inner.pending.insert(id_key(&id), tx);
+        let msg = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
+        (msg, (id, rx))
     }
 
     /// Waits for the answer to a request `ask` sent.
@@ -609,10 +657,10 @@ fn dispatch(ctx: &Ctx, method: &str, params: &Value) -> Result<Value, RpcError> 
             let uri = required_str(params, "uri")?;
             match read_resource(uri) {
                 Some(contents) => Ok(json!({ "contents": [contents] })),
-                None => Err(RpcError::new(
-                    RESOURCE_NOT_FOUND,
-                    format!("Resource not found: {uri}"),
-                )),
+                None => Err(RpcError {
+                    data: Some(json!({ "uri": uri })),
+                    ..RpcError::new(RESOURCE_NOT_FOUND, format!("Resource not found: {uri}"))
+                }),
             }
         }
         "resources/subscribe" => {
@@ -844,6 +892,21 @@ fn tool_catalog() -> Vec<Value> {
             no_arguments(),
         ),
         tool(
+            "test_missing_capability",
+            "Asks the client's LLM a question: needs the sampling capability",
+            no_arguments(),
+        ),
+        tool(
+            "test_streaming_elicitation",
+            "Asks the user for a name while the call streams",
+            no_arguments(),
+        ),
+        tool(
+            "test_logging_tool",
+            "Sends log messages while it runs (seen only at a requested log level)",
+            no_arguments(),
+        ),
+        tool(
             "test_elicitation",
             "Asks the user for a username and an email (elicitation/create)",
             string_argument("message", "The message to show the user"),
@@ -866,6 +929,7 @@ fn tool_catalog() -> Vec<Value> {
                 "type": "object",
                 "$defs": {
                     "address": {
+                        "$anchor": "addressDef",
                         "type": "object",
                         "properties": {
                             "street": { "type": "string" },
@@ -876,7 +940,18 @@ fn tool_catalog() -> Vec<Value> {
                 "properties": {
                     "name": { "type": "string" },
                     "address": { "$ref": "#/$defs/address" },
+                    "contactMethod": { "type": "string", "enum": ["phone", "email"] },
+                    "phone": { "type": "string" },
+                    "email": { "type": "string" },
                 },
+                // One way to reach the person is required; the chosen method must be given.
+                "allOf": [{ "anyOf": [{ "required": ["phone"] }, { "required": ["email"] }] }],
+                "if": {
+                    "properties": { "contactMethod": { "const": "phone" } },
+                    "required": ["contactMethod"],
+                },
+                "then": { "required": ["phone"] },
+                "else": { "required": ["email"] },
                 "additionalProperties": false,
             }),
         ),
@@ -947,7 +1022,8 @@ fn call_tool(ctx: &Ctx, params: &Value) -> Result<Value, RpcError> {
                 &json!({ "test": "data", "value": 123 }).to_string(),
             ),
         ])),
-        "test_tool_with_logging" => logging_tool(ctx),
+        "test_tool_with_logging" | "test_logging_tool" => logging_tool(ctx),
+        "test_missing_capability" | "test_streaming_elicitation" => input_fixture(ctx, name),
         "test_tool_with_progress" => progress_tool(ctx),
         "test_error_handling" => Ok(tool_error(
             "This tool intentionally returns an error for testing",
@@ -1330,7 +1406,8 @@ fn prompt_catalog() -> Vec<Value> {
 const INPUT_PROMPT: &str = "test_input_required_result_prompt";
 
 fn input_prompt(ctx: &Ctx) -> Result<Value, RpcError> {
-    let asked = ctx.request(
+    let asked = ctx.request_as(
+        "user_context",
         "elicitation/create",
         form("What context should the prompt use?", "context", "string"),
     );
@@ -1376,8 +1453,28 @@ fn input_fixture(ctx: &Ctx, name: &str) -> Result<Value, RpcError> {
     };
     let failed = |r: &Result<Value, String>| r.as_ref().err().cloned();
     let text = match name.trim_start_matches("test_input_required_result_") {
+        "test_missing_capability" => match ctx.request_as(
+            "needs_sampling",
+            "sampling/createMessage",
+            sample("Reply with one word", 10),
+        ) {
+            Ok(v) => format!("Sampled: {}", sampled_text(&v)),
+            Err(e) => return Ok(tool_error(&format!("sampling failed: {e}"))),
+        },
+        "test_streaming_elicitation" => {
+            let r = ctx.request_as(
+                "streamed_name",
+                "elicitation/create",
+                form("What is your name?", "name", "string"),
+            );
+            if let Some(e) = failed(&r) {
+                return Ok(tool_error(&format!("elicitation failed: {e}")));
+            }
+            format!("Hello, {}!", field(&r, "name"))
+        }
         "sampling" => {
-            let r = ctx.request(
+            let r = ctx.request_as(
+                "capital_question",
                 "sampling/createMessage",
                 sample("What is the capital of France?", 100),
             );
@@ -1387,7 +1484,8 @@ fn input_fixture(ctx: &Ctx, name: &str) -> Result<Value, RpcError> {
             }
         }
         "elicitation" => {
-            let r = ctx.request(
+            let r = ctx.request_as(
+                "user_name",
                 "elicitation/create",
                 form("What is your name?", "name", "string"),
             );
@@ -1396,7 +1494,7 @@ fn input_fixture(ctx: &Ctx, name: &str) -> Result<Value, RpcError> {
             }
             format!("Hello, {}!", field(&r, "name"))
         }
-        "list_roots" => match ctx.request("roots/list", json!({})) {
+        "list_roots" => match ctx.request_as("client_roots", "roots/list", json!({})) {
             Ok(v) => {
                 let uris: Vec<String> = v["roots"]
                     .as_array()
@@ -1411,7 +1509,8 @@ fn input_fixture(ctx: &Ctx, name: &str) -> Result<Value, RpcError> {
             Err(e) => return Ok(tool_error(&format!("roots/list failed: {e}"))),
         },
         "request_state" | "tampered_state" => {
-            let r = ctx.request(
+            let r = ctx.request_as(
+                "confirm",
                 "elicitation/create",
                 form("Please confirm", "ok", "boolean"),
             );
@@ -1423,11 +1522,16 @@ fn input_fixture(ctx: &Ctx, name: &str) -> Result<Value, RpcError> {
         "multiple_inputs" => {
             let answers = ctx.request_all(vec![
                 (
+                    "user_name",
                     "elicitation/create",
                     form("What is your name?", "name", "string"),
                 ),
-                ("sampling/createMessage", sample("Generate a greeting", 50)),
-                ("roots/list", json!({})),
+                (
+                    "greeting",
+                    "sampling/createMessage",
+                    sample("Generate a greeting", 50),
+                ),
+                ("client_roots", "roots/list", json!({})),
             ]);
             if let Some(e) = answers.iter().find_map(failed) {
                 return Ok(tool_error(&format!("a question failed: {e}")));
@@ -1436,14 +1540,16 @@ fn input_fixture(ctx: &Ctx, name: &str) -> Result<Value, RpcError> {
             format!("{greeting}, {}", field(&answers[0], "name"))
         }
         "multi_round" => {
-            let first = ctx.request(
+            let first = ctx.request_as(
+                "step1",
                 "elicitation/create",
                 form("Step 1: What is your name?", "name", "string"),
             );
             if let Some(e) = failed(&first) {
                 return Ok(tool_error(&format!("step 1 failed: {e}")));
             }
-            let second = ctx.request(
+            let second = ctx.request_as(
+                "step2",
                 "elicitation/create",
                 form("Step 2: What is your favorite color?", "color", "string"),
             );
@@ -1459,8 +1565,13 @@ fn input_fixture(ctx: &Ctx, name: &str) -> Result<Value, RpcError> {
         "capabilities" => {
             // Asked together: a client that cannot answer one kind gets only the other.
             let answers = ctx.request_all(vec![
-                ("sampling/createMessage", sample("Say hello", 20)),
                 (
+                    "sampling",
+                    "sampling/createMessage",
+                    sample("Say hello", 20),
+                ),
+                (
+                    "elicitation",
                     "elicitation/create",
                     form("What is your name?", "name", "string"),
                 ),
@@ -1587,6 +1698,12 @@ impl Outlet for StdoutOutlet {
         let mut out = io::stdout().lock();
         // A closed stdout only means the client is gone; stdin EOF ends us soon.
         let _ = writeln!(out, "{message}").and_then(|()| out.flush());
+    }
+
+    fn send_all(&self, messages: &[Value]) {
+        let text: String = messages.iter().map(|m| format!("{m}\n")).collect();
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     }
 }
 
@@ -2512,6 +2629,40 @@ impl Outlet for SseOutlet<'_> {
             }
             SseState::Parked(log) => {
                 log.push(data);
+                None
+            }
+            SseState::Idle => None,
+        };
+        if let Some(log) = lost {
+            self.broken.set(true);
+            *state = SseState::Parked(log);
+        }
+    }
+
+    fn send_all(&self, messages: &[Value]) {
+        let mut state = self.state.borrow_mut();
+        if matches!(*state, SseState::Idle) {
+            *state = self.open();
+        }
+        let lost = match &*state {
+            SseState::Live(log) => {
+                // One chunk for all of them: the client reads them together.
+                let text: String = messages
+                    .iter()
+                    .map(|m| {
+                        let data = m.to_string();
+                        let seq = log.push(data.clone());
+                        format!("id: {}-{seq}\nevent: message\ndata: {data}\n\n", log.id)
+                    })
+                    .collect();
+                write_chunk(self.reply.stream, &text)
+                    .err()
+                    .map(|_| Arc::clone(log))
+            }
+            SseState::Parked(log) => {
+                for m in messages {
+                    log.push(m.to_string());
+                }
                 None
             }
             SseState::Idle => None,

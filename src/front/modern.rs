@@ -21,16 +21,31 @@ pub struct Envelope {
 
 /// Whether a POSTed message is served statelessly: its `params._meta` names a protocol
 /// version, or the request's `MCP-Protocol-Version` header names the modern revision (a
-/// request without the envelope then fails the checks). `initialize` is always legacy.
+/// request without the envelope then fails the checks). `initialize` is legacy unless it
+/// carries the envelope and no `protocolVersion` of its own: then it is a modern client
+/// calling a method its revision removed.
 pub fn is_modern(req: &Request, msg: &Value) -> bool {
-    if jsonrpc::method(msg) == "initialize" {
-        return false;
-    }
     let enveloped = msg
         .pointer("/params/_meta")
         .and_then(Value::as_object)
         .is_some_and(|m| m.contains_key(META_PROTOCOL_VERSION));
+    if jsonrpc::method(msg) == "initialize" {
+        return enveloped && msg.pointer("/params/protocolVersion").is_none();
+    }
     enveloped || req.header("mcp-protocol-version") == Some(MODERN_VERSION)
+}
+
+/// Methods of the legacy revisions that 2026-07-28 removed: a modern request for one is
+/// answered "method not found" (HTTP 404) by the gateway, whatever its upstreams speak.
+pub fn removed(method: &str) -> bool {
+    matches!(
+        method,
+        "initialize"
+            | "ping"
+            | "logging/setLevel"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+    )
 }
 
 /// A 400 with a JSON-RPC error for the request `msg`.
@@ -232,9 +247,14 @@ mod tests {
 
     #[test]
     fn legacy_messages_are_not_modern() {
-        let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"_meta":{META_PROTOCOL_VERSION: MODERN_VERSION}}});
+        let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","_meta":{META_PROTOCOL_VERSION: MODERN_VERSION}}});
         let (req, msg) = post(HEADERS, &init);
         assert!(!is_modern(&req, &msg));
+        // Without a version of its own it is a modern request for a removed method.
+        let removed = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"_meta":{META_PROTOCOL_VERSION: MODERN_VERSION}}});
+        let (req, msg) = post(HEADERS, &removed);
+        assert!(is_modern(&req, &msg) && super::removed("initialize"));
+        assert!(!super::removed("tools/list") && super::removed("logging/setLevel"));
         let list = json!({"jsonrpc":"2.0","id":1,"method":"tools/list"});
         let (req, msg) = post("MCP-Protocol-Version: 2025-11-25\r\n", &list);
         assert!(!is_modern(&req, &msg));

@@ -235,6 +235,7 @@ fn post(relay: &mut Relay, c: &mut Conn, id: ConnId, req: Request, route: &Route
         collected: errors.iter().map(Value::to_string).collect(),
         session_header: None,
         keep_alive: keep,
+        modern: false,
     });
     c.chunked = req.minor_version > 0;
     for (kind, m) in valid {
@@ -266,6 +267,12 @@ fn modern_post(
             return c.respond_json(400, &[], &e, keep);
         }
     }
+    let method = jsonrpc::method(&msg);
+    if modern::removed(method) {
+        let why = format!("{method} is not a method of MCP 2026-07-28");
+        let e = jsonrpc::error(msg["id"].clone(), jsonrpc::METHOD_NOT_FOUND, &why);
+        return c.respond_json(404, &[], &e, keep);
+    }
     let sk = relay.pool_for(&route.backend, route.backend_tls.clone());
     c.state = ConnState::Exchange(Exchange {
         session: sk,
@@ -275,9 +282,9 @@ fn modern_post(
         collected: Vec::new(),
         session_header: None,
         keep_alive: keep,
+        modern: true,
     });
     c.chunked = req.minor_version > 0;
-    let method = jsonrpc::method(&msg);
     let name = modern::name_param(method)
         .and_then(|k| msg.pointer(&format!("/params/{k}")))
         .and_then(Value::as_str)
@@ -287,6 +294,7 @@ fn modern_post(
         capabilities: envelope.capabilities,
         binding: crate::mcp::state::binding(method, name),
         input: Vec::new(),
+        missing: Vec::new(),
     };
     relay.modern_request(sk, id, msg, modern);
 }
@@ -341,6 +349,7 @@ fn begin_session(
         collected: Vec::new(),
         session_header: Some(sid),
         keep_alive: keep,
+        modern: false,
     });
     c.chunked = chunked;
     relay.initialize(sk, Some(id), msg);

@@ -42,6 +42,8 @@ pub enum Action {
         backend: Rc<McpBackend>,
         target: usize,
         tls: Option<Rc<BackendTls>>,
+        /// The link serves a pool (many stateless clients at once), not one session.
+        shared: bool,
     },
     /// Write one JSON-RPC message to a link.
     Send { link: LinkId, msg: Value },
@@ -289,6 +291,7 @@ impl Relay {
         s.init_request = Some((reply, client_id));
         let backend = Rc::clone(&s.backend);
         let tls = s.tls.clone();
+        let shared = s.pool;
         for (t, target) in backend.targets.iter().enumerate() {
             let metric = metrics::with(|m| m.target(&format!("{}/{}", backend.name, target.name)));
             let mut slot = TargetSlot {
@@ -315,6 +318,7 @@ impl Relay {
                         backend: Rc::clone(&backend),
                         target: t,
                         tls: tls.clone(),
+                        shared,
                     });
                 }
             }
@@ -591,11 +595,34 @@ impl Relay {
             .as_ref()
             .is_some_and(|m| m.capabilities.get(kind).is_some_and(Value::is_object));
         if !able {
+            // The server hears no at once. If it asked nothing the client can answer in this
+            // round, the call fails with the revision's MissingRequiredClientCapability
+            // (`finish_round`); otherwise the client is asked the rest.
             let why = format!("the client did not declare the {kind} capability");
+            if let Some(m) = call.modern.as_mut() {
+                if m.input.is_empty() && m.missing.is_empty() {
+                    self.rounds.push((sk, cid));
+                }
+                if !m.missing.contains(&kind) {
+                    m.missing.push(kind);
+                }
+            }
             return drop(self.send(sk, t, refuse(&why)));
         }
-        let key = format!("{kind}-{}", s.next_id);
-        s.next_id += 1;
+        // The server's own request id names the input when it is a string (unique among the
+        // server's requests in flight); otherwise the gateway numbers it.
+        let taken = |k: &str| {
+            call.modern
+                .as_ref()
+                .is_some_and(|m| m.input.iter().any(|i| i.key == k))
+        };
+        let key = match id.as_str() {
+            Some(k) if input_key_ok(k) && !taken(k) => k.to_string(),
+            _ => {
+                s.next_id += 1;
+                format!("{kind}-{}", s.next_id - 1)
+            }
+        };
         let mut params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
         if kind == "elicitation" && params.get("mode").is_none() {
             params["mode"] = "form".into(); // the legacy default, which 2026-07-28 spells out
@@ -603,7 +630,7 @@ impl Relay {
         let Some(modern) = call.modern.as_mut() else {
             return;
         };
-        if modern.input.is_empty() {
+        if modern.input.is_empty() && modern.missing.is_empty() {
             self.rounds.push((sk, cid));
         }
         modern.input.push(Input {
@@ -612,6 +639,32 @@ impl Relay {
             server_id: id,
             request: json!({"method": method, "params": params}),
         });
+    }
+
+    /// Fails a stateless call whose server needs a capability its client did not declare:
+    /// `-32021` with the capability named (HTTP 400), and the server is told to stop.
+    fn refuse_call(&mut self, sk: u64, cid: u64, kinds: &[&str]) {
+        let Some(call) = self
+            .sessions
+            .get_mut(&sk)
+            .and_then(|s| s.calls.get_mut(&cid))
+        else {
+            return;
+        };
+        let conn = call.conn.take();
+        let mut e = jsonrpc::error(
+            call.client_id.clone(),
+            jsonrpc::MISSING_CLIENT_CAPABILITY,
+            &format!(
+                "this request needs client capabilities the request did not declare: {}",
+                kinds.join(", ")
+            ),
+        );
+        let required: serde_json::Map<String, Value> =
+            kinds.iter().map(|k| (k.to_string(), json!({}))).collect();
+        e["error"]["data"] = json!({ "requiredCapabilities": required });
+        self.cancel_call(sk, cid, "the client lacks a required capability");
+        self.reply(conn, e);
     }
 
     /// Answers a call's POST with `input_required`: every server request gathered for the
@@ -625,9 +678,16 @@ impl Relay {
         let Some(call) = s.calls.get_mut(&cid) else {
             return;
         };
-        let Some(modern) = call.modern.as_ref().filter(|m| !m.input.is_empty()) else {
+        let Some(modern) = call.modern.as_mut() else {
             return;
         };
+        let missing = std::mem::take(&mut modern.missing);
+        if modern.input.is_empty() {
+            if !missing.is_empty() {
+                self.refuse_call(sk, cid, &missing);
+            }
+            return;
+        }
         let Some(conn) = call.conn.take() else {
             return;
         };
@@ -1641,6 +1701,16 @@ fn modernize_answer(method: &str, answer: &mut Value) {
             *code = jsonrpc::INVALID_PARAMS.into();
         }
     }
+}
+
+/// Whether a server's request id can name an input as it is: short, printable, and not
+/// one of the names the gateway gives (`sampling-7`), so the two never meet.
+fn input_key_ok(k: &str) -> bool {
+    let numbered = ["sampling-", "elicitation-", "roots-"].iter().any(|p| {
+        k.strip_prefix(p)
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+    });
+    !k.is_empty() && k.len() <= 128 && !numbered && k.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Whether `r` has the shape of a result to a server's `method` request.

@@ -68,6 +68,9 @@ pub struct Modern {
     /// key, with its target, the server's own request id and the request itself
     /// (`{method, params}`). Empty when no round is open.
     pub input: Vec<Input>,
+    /// Capabilities the server needed in this round and the client did not declare (the
+    /// server was told no). A round with nothing else to ask fails the call with them.
+    pub missing: Vec<&'static str>,
 }
 
 /// One server request put to a stateless client in an input round.

@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 
 /// Connections per target and session, the GET stream included.
 pub const MAX_CONNS: usize = 8;
+/// The same for a link shared by a pool: every stateless client's requests ride on it, and
+/// an input round a client never retries holds its POST open until the request times out.
+pub const SHARED_MAX_CONNS: usize = 64;
 /// Largest response head accepted from an upstream.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Largest JSON response body (or SSE event) accepted from an upstream.
@@ -135,6 +138,8 @@ pub struct HttpTarget {
     next_addr: usize,
     /// Shutting down: no new work, only the DELETE in flight.
     closing: bool,
+    /// At most this many connections at once ([`MAX_CONNS`] unless shared).
+    pub max_conns: usize,
 }
 
 impl HttpTarget {
@@ -162,6 +167,7 @@ impl HttpTarget {
             request_timeout,
             next_addr: 0,
             closing: false,
+            max_conns: MAX_CONNS,
         }
     }
 
@@ -261,7 +267,7 @@ impl HttpTarget {
             .map(|(t, _)| *t);
         match idle {
             Some(token) => self.begin(reg, token, o, out),
-            None if self.conns.len() < MAX_CONNS || o.kind != Kind::Post => {
+            None if self.conns.len() < self.max_conns || o.kind != Kind::Post => {
                 self.open_conn(reg, o, out)
             }
             None => self.queue.push_back(o),
@@ -271,7 +277,7 @@ impl HttpTarget {
     /// Sends queued POSTs on whatever is free.
     fn pump(&mut self, reg: &mut dyn Registrar, out: &mut Vec<LinkEvent>) {
         while self.post_path.is_some() {
-            let has_room = self.conns.len() < MAX_CONNS
+            let has_room = self.conns.len() < self.max_conns
                 || self
                     .conns
                     .values()

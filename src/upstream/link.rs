@@ -68,7 +68,7 @@ impl Registrar for ForLink<'_> {
 enum Transport {
     /// A child and its stdin, stdout and stderr tokens.
     Stdio(StdioChild, [Token; 3]),
-    Http(HttpTarget),
+    Http(Box<HttpTarget>),
 }
 
 /// Where a link is in its life.
@@ -108,12 +108,15 @@ impl Links {
     }
 
     /// Opens link `id` to `target`: spawns a stdio child, or prepares an HTTP session (a
-    /// legacy SSE one opens its stream at once). Err: why it could not be opened.
+    /// legacy SSE one opens its stream at once). `shared`: the link serves many stateless
+    /// clients, so an HTTP one may hold more requests open at once. Err: why it could not be
+    /// opened.
     pub fn open(
         &mut self,
         id: LinkId,
         target: &Target,
         tls: Option<&BackendTls>,
+        shared: bool,
         reg: &mut dyn LinkRegistry,
     ) -> Result<Vec<LinkEvent>, String> {
         let mut events = Vec::new();
@@ -138,8 +141,11 @@ impl Links {
                 let tls = self.tls_for(url, tls)?;
                 let mut http =
                     HttpTarget::new(&target.name, url, flavor, tls, self.request_timeout);
+                if shared {
+                    http.max_conns = super::http::SHARED_MAX_CONNS;
+                }
                 http.start(&mut ForLink { reg, link: id }, &mut events);
-                Transport::Http(http)
+                Transport::Http(Box::new(http))
             }
         };
         let link = Link {
