@@ -264,6 +264,20 @@ impl McpBackend {
 pub struct Target {
     pub name: String,
     pub kind: TargetKind,
+    /// Which MCP revision the target speaks (`era:`, an mcplex field): found out once when
+    /// `Auto`, else taken as said.
+    pub era: Era,
+}
+
+/// A target's protocol era.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// Probe with `server/discover`; fall back to `initialize`.
+    Auto,
+    /// 2025-11-25 and earlier: `initialize`, sessions, server-to-client requests.
+    Legacy,
+    /// 2026-07-28: stateless requests, each with its `_meta` envelope.
+    Modern,
 }
 
 #[derive(Debug, Clone)]
@@ -1175,6 +1189,19 @@ impl Checker {
         if kinds > 1 {
             self.err(path, "a target has exactly one of `stdio`, `mcp`, `sse`");
         }
+        let era = match self.string(&mut o, "era").as_deref() {
+            None | Some("auto") => Era::Auto,
+            Some("legacy") => Era::Legacy,
+            Some("modern") => Era::Modern,
+            Some(other) => {
+                let why = format!("unknown era {other:?} (expected auto, legacy or modern)");
+                self.err(&join(path, "era"), &why);
+                Era::Auto
+            }
+        };
+        if era == Era::Modern && matches!(kind, Some(TargetKind::Sse(_))) {
+            self.err(&join(path, "era"), "a legacy SSE target cannot be modern");
+        }
         for key in ["openapi", "policies"] {
             self.unsupported(&mut o, key);
         }
@@ -1186,6 +1213,7 @@ impl Checker {
         Some(Target {
             name: name?,
             kind: kind?,
+            era,
         })
     }
 

@@ -299,7 +299,7 @@ fn a_legacy_servers_request_becomes_an_input_round() {
 
     // A forged or altered state is refused, and does not use up the real one.
     let mut forged = params.clone();
-    forged["requestState"] = json!(token.replacen("v1.", "v1.x", 1));
+    forged["requestState"] = json!(token.replacen("mcplex1.", "mcplex1.x", 1));
     forged["inputResponses"] = json!({});
     let bad = call(&gw, "tools/call", Some("test_sampling"), forged);
     assert_eq!(bad["error"]["code"], -32602, "{bad}");

@@ -294,6 +294,7 @@ fn modern_post(
         capabilities: envelope.capabilities,
         binding: crate::mcp::state::binding(method, name),
         input: Vec::new(),
+        client_info: envelope.client_info,
         missing: Vec::new(),
     };
     relay.modern_request(sk, id, msg, modern);

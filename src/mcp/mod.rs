@@ -2,6 +2,7 @@
 //! by name, the aggregation of many targets into one server, and target health.
 
 pub mod aggregate;
+pub mod era;
 pub mod health;
 pub mod relay;
 pub mod route;

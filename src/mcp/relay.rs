@@ -12,13 +12,15 @@
 //! the relay's `links` table says which holder each link serves, so a link never owns a client.
 
 use super::aggregate::{self, Part};
+use super::era::{self, Probe};
 use super::health::Health;
 use super::route::Dest;
 use super::session::{
-    new_session_id, Call, CallKind, Input, Modern, Phase, Session, TargetSlot, TargetState, Waiting,
+    new_session_id, Asking, Call, CallKind, Input, Modern, Phase, Session, TargetSlot, TargetState,
+    Waiting,
 };
 use super::state::{self, Resume, Signer};
-use crate::config::{BackendTls, FailureMode, Limits, McpBackend};
+use crate::config::{BackendTls, Era, FailureMode, Limits, McpBackend, TargetKind};
 use crate::idmap::IdMap;
 use crate::jsonrpc::{self, Kind};
 use crate::log::short_id;
@@ -99,6 +101,9 @@ pub struct Relay {
     /// Input rounds to answer (pool, call) once every server request that arrived with the
     /// first one is in (see `next_action`).
     rounds: Vec<(u64, u64)>,
+    /// Each `auto` target's era once probed, by (backend, target) name: probed again only
+    /// after it failed.
+    eras: HashMap<(String, String), Era>,
 }
 
 impl Relay {
@@ -115,6 +120,7 @@ impl Relay {
             limits,
             actions: VecDeque::new(),
             rounds: Vec::new(),
+            eras: HashMap::new(),
         }
     }
 
@@ -294,12 +300,22 @@ impl Relay {
         let shared = s.pool;
         for (t, target) in backend.targets.iter().enumerate() {
             let metric = metrics::with(|m| m.target(&format!("{}/{}", backend.name, target.name)));
+            let era = match target.era {
+                Era::Auto => self
+                    .eras
+                    .get(&(backend.name.clone(), target.name.clone()))
+                    .copied()
+                    .unwrap_or(Era::Auto),
+                e => e,
+            };
             let mut slot = TargetSlot {
                 name: target.name.clone(),
                 state: TargetState::Starting,
                 link: None,
                 init_result: None,
                 metric,
+                era,
+                http: !matches!(target.kind, TargetKind::Stdio(_)),
             };
             match self.health.backing_off(&backend.name, &target.name) {
                 Some(why) => slot.state = TargetState::Failed(why),
@@ -376,6 +392,9 @@ impl Relay {
             .filter(|&t| s.targets[t].state == TargetState::Starting)
             .map(|t| (t, Some(s.init_params.clone())))
             .collect();
+        if s.targets.iter().any(|x| x.era == Era::Auto) {
+            s.probe_deadline = Some(Instant::now() + era::PROBE_TIMEOUT);
+        }
         let timeout = self.limits.init_timeout;
         self.start_call(
             sk,
@@ -449,6 +468,9 @@ impl Relay {
         let Some(slot) = s.targets.get_mut(t) else {
             return;
         };
+        // Its era is found out again next time (it may have been replaced by another).
+        self.eras
+            .remove(&(s.backend.name.clone(), slot.name.clone()));
         if matches!(slot.state, TargetState::Failed(_)) && slot.link.is_none() {
             return;
         }
@@ -799,7 +821,8 @@ impl Relay {
             return;
         }
         let id = msg.get("id").cloned().unwrap_or(Value::Null);
-        if let Some(token) = msg.pointer("/params/requestState").and_then(Value::as_str) {
+        let state = msg.pointer("/params/requestState").and_then(Value::as_str);
+        if let Some(token) = state.filter(|t| Signer::is_ours(t)) {
             let token = token.to_string();
             return self.resume(sk, conn, &msg, modern, &token);
         }
@@ -863,6 +886,20 @@ impl Relay {
             );
         }
         let timeout = self.limits.request_timeout;
+        let level = params
+            .as_ref()
+            .and_then(|p| p.get("level"))
+            .and_then(Value::as_str);
+        if let Some(level) = level.filter(|_| method == "logging/setLevel") {
+            // Kept for the modern targets, which take the level with each request instead.
+            let level = level.to_string();
+            if let Some(s) = self.sessions.get_mut(&sk) {
+                s.log_level = Some(level);
+            }
+        }
+        let Some(s) = self.sessions.get(&sk) else {
+            return;
+        };
         match s.naming.route(&method, params.as_ref()) {
             Ok(Dest::Local) => {
                 metrics::with(|m| m.request(&method, gateway, Outcome::Ok, Duration::ZERO));
@@ -880,6 +917,12 @@ impl Relay {
                 if let Some(TargetState::Failed(why)) = s.targets.get(t).map(|x| &x.state) {
                     let why = format!("target {} is unavailable: {why}", s.naming.targets[t]);
                     return refuse(self, jsonrpc::UPSTREAM_ERROR, &why);
+                }
+                if method == "logging/setLevel" && s.targets.get(t).is_some_and(TargetSlot::modern)
+                {
+                    // Kept above; a modern target takes the level with each request.
+                    metrics::with(|m| m.request(&method, gateway, Outcome::Ok, Duration::ZERO));
+                    return self.reply(Some(conn), jsonrpc::result(client_id, json!({})));
                 }
                 self.start_call(
                     sk,
@@ -907,6 +950,9 @@ impl Relay {
                 let mut parts = Vec::new();
                 for (t, cur) in pages {
                     if s.targets.get(t).map(|x| &x.state) != Some(&TargetState::Ready) {
+                        continue;
+                    }
+                    if method == "logging/setLevel" && s.targets[t].modern() {
                         continue;
                     }
                     let mut p = params.clone().unwrap_or_else(|| json!({}));
@@ -965,6 +1011,111 @@ impl Relay {
         }
     }
 
+    /// A modern target answered a legacy client's call with `input_required`: each of its
+    /// input requests goes to the client as a real request; once all are answered, the call
+    /// goes to the target again with the answers (`retry_with_input`). Err: the error the
+    /// call ends with instead (not a legacy client's call, too many rounds, nothing asked).
+    fn ask_legacy_client(&mut self, sk: u64, cid: u64, v: &Value) -> Result<(), Value> {
+        let fail = |why: &str| Err(json!({"code": jsonrpc::INTERNAL_ERROR, "message": why}));
+        let timeout = self.limits.request_timeout;
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return fail("session ended");
+        };
+        let Some(call) = s.calls.get_mut(&cid) else {
+            return fail("call ended");
+        };
+        let Some(asking) = call.asking.as_mut() else {
+            return fail("not a legacy client's call");
+        };
+        let requests = v.get("inputRequests").and_then(Value::as_object);
+        let Some(requests) = requests.filter(|r| !r.is_empty()) else {
+            return fail("the target asked for input but named no input request");
+        };
+        asking.rounds += 1;
+        if asking.rounds > MAX_INPUT_ROUNDS {
+            return fail("the target asked for input more than 8 times in one request");
+        }
+        asking.state = v.get("requestState").cloned();
+        asking.waiting = requests
+            .iter()
+            .map(|(k, r)| (k.clone(), r["method"].as_str().unwrap_or("").to_string()))
+            .collect();
+        asking.responses = serde_json::Map::new();
+        // The client may take its time (a person answers an elicitation).
+        call.deadline = Instant::now() + timeout;
+        let mut asks = Vec::new();
+        for (key, req) in requests {
+            let method = req.get("method").and_then(Value::as_str).unwrap_or("");
+            let gid = s.next_id;
+            s.next_id += 1;
+            s.input_requests.insert(gid, (cid, key.clone()));
+            asks.push(jsonrpc::request(
+                json!(gid),
+                method,
+                req.get("params").cloned(),
+            ));
+        }
+        for a in asks {
+            self.deliver(sk, a, Hint::Call(cid));
+        }
+        Ok(())
+    }
+
+    /// The legacy client answered one request of a modern target's input round; with the
+    /// last one, the call goes to the target again, carrying every answer.
+    fn input_answered(&mut self, sk: u64, cid: u64, key: String, msg: &Value) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some(call) = s.calls.get_mut(&cid) else {
+            return;
+        };
+        let Some(asking) = call.asking.as_mut() else {
+            return;
+        };
+        let Some(i) = asking.waiting.iter().position(|(k, _)| *k == key) else {
+            return;
+        };
+        let (_, method) = asking.waiting.swap_remove(i);
+        // The revision has no error answer to an input request: a failed elicitation is a
+        // cancelled one; for anything else the error object goes back in its place.
+        let answer = match (msg.get("result"), msg.get("error")) {
+            (Some(r), _) => r.clone(),
+            (None, Some(_)) if method == "elicitation/create" => json!({"action": "cancel"}),
+            (None, Some(e)) => e.clone(),
+            _ => json!({}),
+        };
+        asking.responses.insert(key, answer);
+        if !asking.waiting.is_empty() {
+            return;
+        }
+        let mut params = asking.params.clone();
+        params["inputResponses"] = Value::Object(std::mem::take(&mut asking.responses));
+        match asking.state.take() {
+            Some(st) => params["requestState"] = st,
+            None => {
+                if let Some(o) = params.as_object_mut() {
+                    o.remove("requestState");
+                }
+            }
+        }
+        let Some((t, old, None)) = call.parts.first().cloned() else {
+            return;
+        };
+        let method = call.method.clone();
+        let new = s.alloc_id();
+        s.upstream.remove(&old);
+        s.upstream.insert(new, cid);
+        if let Some(p) = s.calls.get_mut(&cid).and_then(|c| c.parts.first_mut()) {
+            p.1 = new;
+        }
+        let req = jsonrpc::request(json!(new), &method, Some(params));
+        if let Err(why) = self.send(sk, t, req) {
+            let err = json!({"code": jsonrpc::UPSTREAM_ERROR, "message": why});
+            self.finish_part(sk, cid, 0, Err(err));
+        }
+    }
+
     /// The client's answer to a server-to-client request goes back to the target that asked,
     /// with the target's own id.
     fn client_response(&mut self, sk: u64, mut msg: Value) {
@@ -974,6 +1125,9 @@ impl Relay {
         let Some(gid) = msg.get("id").and_then(Value::as_u64) else {
             return;
         };
+        if let Some((cid, key)) = s.input_requests.remove(&gid) {
+            return self.input_answered(sk, cid, key, &msg);
+        }
         let Some((t, orig)) = s.server_requests.remove(&gid) else {
             log!(
                 "[{}] answer to an unknown request id {gid} dropped",
@@ -1014,8 +1168,27 @@ impl Relay {
         let mut progress = None;
         let mut sends = Vec::new();
         let mut call_parts = Vec::new();
+        let mut asking = None;
+        // Targets of the stateless revision get the envelope on every request, and
+        // `server/discover` (the probe, for `auto` ones) instead of `initialize`.
+        let envelope = s
+            .targets
+            .iter()
+            .any(|x| x.era != Era::Legacy)
+            .then(|| era::envelope(s, modern.as_ref()));
         for (t, mut params) in parts {
             let uid = s.alloc_id();
+            let mut part_method = method;
+            if let Some(env) = envelope
+                .as_ref()
+                .filter(|_| s.targets[t].era != Era::Legacy)
+            {
+                if kind == CallKind::Initialize {
+                    part_method = "server/discover";
+                    params = None;
+                }
+                era::stamp(&mut params, env);
+            }
             // Progress tokens become the upstream request id, so a progress notification
             // finds its call with one lookup and no target sees another's token.
             if let Some(tok) = params
@@ -1024,8 +1197,14 @@ impl Relay {
             {
                 progress = Some(std::mem::replace(tok, json!(uid)));
             }
+            if kind == CallKind::Forward && modern.is_none() && s.targets[t].modern() {
+                asking = Some(Box::new(Asking {
+                    params: params.clone().unwrap_or_else(|| json!({})),
+                    ..Asking::default()
+                }));
+            }
             s.upstream.insert(uid, cid);
-            sends.push((t, jsonrpc::request(json!(uid), method, params)));
+            sends.push((t, jsonrpc::request(json!(uid), part_method, params)));
             call_parts.push((t, uid, None));
         }
         let remaining = call_parts.len();
@@ -1044,6 +1223,7 @@ impl Relay {
                 exhaust,
                 started: Instant::now(),
                 modern,
+                asking,
             },
         );
         if remaining == 0 {
@@ -1065,6 +1245,13 @@ impl Relay {
         let Some(link) = slot.link else {
             return Err(format!("target {} is not running", slot.name));
         };
+        // A modern target has no session to be told about, and over HTTP no way to take a
+        // notification at all (a call is cancelled there by closing its stream).
+        let note = msg.get("id").is_none();
+        if note && slot.modern() && (slot.http || era::session_notification(jsonrpc::method(&msg)))
+        {
+            return Ok(());
+        }
         self.push(Action::Send { link, msg });
         Ok(())
     }
@@ -1134,7 +1321,116 @@ impl Relay {
         }
     }
 
-    fn finish_part(&mut self, sk: u64, cid: u64, part: usize, r: Result<Value, Value>) {
+    /// What the answer to `server/discover`, sent in place of `initialize`, says of the
+    /// target's era. A legacy answer (or none in time) falls back to `initialize` on the same
+    /// link, and the era is remembered for the target's next sessions.
+    fn era_answer(
+        &mut self,
+        sk: u64,
+        cid: u64,
+        part: usize,
+        r: &Result<Value, Value>,
+    ) -> EraAnswer {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return EraAnswer::NotProbe;
+        };
+        let Some(&(t, uid, None)) = s
+            .calls
+            .get(&cid)
+            .filter(|c| c.kind == CallKind::Initialize)
+            .and_then(|c| c.parts.get(part))
+        else {
+            return EraAnswer::NotProbe;
+        };
+        let configured = s.backend.targets.get(t).map(|x| x.era);
+        let Some(slot) = s.targets.get_mut(t).filter(|x| x.era != Era::Legacy) else {
+            return EraAnswer::NotProbe;
+        };
+        let key = (s.backend.name.clone(), slot.name.clone());
+        match era::probe_outcome(r) {
+            Probe::Modern(init) => {
+                if slot.era == Era::Auto {
+                    log!(
+                        "[{}] target {} speaks {}",
+                        short_id(&s.id),
+                        slot.name,
+                        super::MODERN_VERSION
+                    );
+                }
+                slot.era = Era::Modern;
+                self.eras.insert(key, Era::Modern);
+                EraAnswer::Modern(init)
+            }
+            Probe::Legacy if configured == Some(Era::Modern) => {
+                let why = match r {
+                    Err(e) => e.clone(),
+                    Ok(_) => json!({"code": jsonrpc::UPSTREAM_ERROR,
+                        "message": format!("target {} is configured era: modern but its server/discover does not offer {}", slot.name, super::MODERN_VERSION)}),
+                };
+                EraAnswer::Failed(why)
+            }
+            Probe::Legacy => {
+                slot.era = Era::Legacy;
+                self.eras.insert(key, Era::Legacy);
+                let new = s.alloc_id();
+                s.upstream.remove(&uid);
+                s.upstream.insert(new, cid);
+                if let Some(p) = s.calls.get_mut(&cid).and_then(|c| c.parts.get_mut(part)) {
+                    p.1 = new;
+                }
+                let req = jsonrpc::request(json!(new), "initialize", Some(s.init_params.clone()));
+                if let Err(why) = self.send(sk, t, req) {
+                    return EraAnswer::Failed(
+                        json!({"code": jsonrpc::UPSTREAM_ERROR, "message": why}),
+                    );
+                }
+                EraAnswer::FellBack
+            }
+        }
+    }
+
+    /// The probe deadline passed: targets that have not answered `server/discover` are legacy.
+    fn probe_timeout(&mut self, sk: u64) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        s.probe_deadline = None;
+        let pending: Vec<(u64, usize)> = s
+            .calls
+            .iter()
+            .filter(|(_, c)| c.kind == CallKind::Initialize)
+            .flat_map(|(&cid, c)| {
+                c.parts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| {
+                        p.2.is_none() && s.targets.get(p.0).is_some_and(|x| x.era == Era::Auto)
+                    })
+                    .map(move |(i, _)| (cid, i))
+            })
+            .collect();
+        for (cid, part) in pending {
+            let no = json!({"code": jsonrpc::REQUEST_TIMEOUT, "message": "no answer to server/discover"});
+            self.finish_part(sk, cid, part, Err(no));
+        }
+    }
+
+    fn finish_part(&mut self, sk: u64, cid: u64, part: usize, mut r: Result<Value, Value>) {
+        match self.era_answer(sk, cid, part, &r) {
+            EraAnswer::NotProbe => {}
+            EraAnswer::Modern(init) => r = Ok(init),
+            EraAnswer::Failed(e) => r = Err(e),
+            EraAnswer::FellBack => return, // the answer to `initialize` finishes the part
+        }
+        let asks_legacy = |s: &Session| s.calls.get(&cid).is_some_and(|c| c.asking.is_some());
+        if let (Ok(v), true) = (&r, self.sessions.get(&sk).is_some_and(asks_legacy)) {
+            if v.get("resultType").and_then(Value::as_str) == Some("input_required") {
+                match self.ask_legacy_client(sk, cid, v) {
+                    Ok(()) => return,
+                    Err(e) => r = Err(e),
+                }
+            }
+        }
         let Some(call) = self
             .sessions
             .get_mut(&sk)
@@ -1200,9 +1496,16 @@ impl Relay {
         };
         metrics::with(|m| m.request(&call.method, label, outcome, call.started.elapsed()));
         let modern = call.modern.is_some();
+        // A legacy client hears a modern target's results without the 2026-07-28 fields.
+        let legacy_view = |t: usize, v: &mut Value| {
+            if !modern && s.targets.get(t).is_some_and(TargetSlot::modern) {
+                era::legacy_result(v);
+            }
+        };
         let mut answer = match call.kind {
             CallKind::Forward => match call.parts.into_iter().next() {
                 Some((t, _, Some(Ok(mut v)))) => {
+                    legacy_view(t, &mut v);
                     aggregate::prefix_result_uris(&mut v, t, &s.naming);
                     jsonrpc::result(call.client_id, v)
                 }
@@ -1214,7 +1517,10 @@ impl Relay {
                 let mut first_err = None;
                 for (t, _, r) in call.parts {
                     match r {
-                        Some(Ok(v)) => ok.push((t, v)),
+                        Some(Ok(mut v)) => {
+                            legacy_view(t, &mut v);
+                            ok.push((t, v))
+                        }
                         Some(Err(e)) if first_err.is_none() => first_err = Some(e),
                         _ => {}
                     }
@@ -1435,9 +1741,14 @@ impl Relay {
         let Some(&cid) = s.upstream.get(&uid) else {
             return false;
         };
-        // A stateless client's result gets its `resultType` (and cache fields) spliced in.
-        let splice = |c: &Call| {
-            c.modern.is_none() || (result.starts_with('{') && !result.contains("\"resultType\""))
+        // A stateless client's result gets its `resultType` (and cache fields) spliced in,
+        // unless its target (a modern one) put them there; a legacy client's result from a
+        // modern target needs them taken out (the general path).
+        let typed = result.contains("\"resultType\"");
+        let modern_target = s.targets.get(t).is_some_and(|x| x.modern());
+        let splice = |c: &Call| match c.modern {
+            None => !modern_target,
+            Some(_) => result.starts_with('{') && (!typed || modern_target),
         };
         let plain = |c: &Call| {
             splice(c)
@@ -1463,6 +1774,7 @@ impl Relay {
             text.push_str(r#","result":"#);
             match call.modern {
                 None => text.push_str(result),
+                Some(_) if typed => text.push_str(result),
                 Some(_) => {
                     let rest = &result[1..];
                     text.push('{');
@@ -1658,6 +1970,15 @@ impl Relay {
         for (sk, cid) in late {
             self.call_timeout(sk, cid);
         }
+        let probing: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.probe_deadline.is_some_and(|d| d <= now))
+            .map(|(&sk, _)| sk)
+            .collect();
+        for sk in probing {
+            self.probe_timeout(sk);
+        }
     }
 
     /// Hands back the tables a burst grew (see `memory`).
@@ -1666,6 +1987,21 @@ impl Relay {
         shrink_if_sparse(&mut self.session_ids);
         shrink_if_sparse(&mut self.links);
     }
+}
+
+/// Input rounds a modern target may ask of a legacy client within one request.
+const MAX_INPUT_ROUNDS: u8 = 8;
+
+/// What the answer to an era probe led to (see `Relay::era_answer`).
+enum EraAnswer {
+    /// Not a probe: an ordinary answer.
+    NotProbe,
+    /// A modern target: its discover result, shaped like an `initialize` result.
+    Modern(Value),
+    /// A target configured modern that did not answer as one.
+    Failed(Value),
+    /// A legacy target: `initialize` went out in its place.
+    FellBack,
 }
 
 /// The fields every result to a stateless client starts with, as JSON text (no braces):

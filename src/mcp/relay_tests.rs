@@ -77,7 +77,21 @@ impl Harness {
         }
         assert_eq!(links.len(), targets.len());
         let mut h = Harness { relay, sk, links };
-        // Each opened target got `initialize` with a gateway id: answer it.
+        // Each opened target is probed for its era first: as a legacy server, it does not
+        // know server/discover. Then it gets `initialize` with a gateway id: answer it.
+        for (link, msg) in h.sends() {
+            assert_eq!(msg["method"], "server/discover");
+            assert_eq!(
+                msg["params"]["_meta"][crate::mcp::META_PROTOCOL_VERSION],
+                "2026-07-28"
+            );
+            assert_eq!(
+                msg["params"]["_meta"][crate::mcp::META_CLIENT_INFO]["name"],
+                "test"
+            );
+            let e = json!({"code": -32601, "message": "Method not found"});
+            h.upstream(link, json!({"jsonrpc":"2.0","id":msg["id"],"error":e}));
+        }
         for (link, msg) in h.sends() {
             assert_eq!(msg["method"], "initialize");
             assert_eq!(msg["params"]["protocolVersion"], "2025-11-25");
@@ -452,4 +466,106 @@ fn ending_a_session_answers_its_calls_and_closes_its_links() {
         .collect();
     assert_eq!(closed, h.links);
     assert_eq!(h.relay.session_count(), 0);
+}
+
+#[test]
+fn a_modern_target_serves_a_legacy_client() {
+    let mut relay = Relay::new(Limits::default());
+    let (sk, _) = relay
+        .create_session(backend(&["m"], "failClosed"), None, false)
+        .expect("session");
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{"elicitation":{}},
+        "clientInfo":{"name":"legacy-client","version":"1"}}});
+    relay.initialize(sk, Some(POST), init);
+    let Some(Action::Open { link, .. }) = drain(&mut relay).pop() else {
+        panic!("an Open");
+    };
+    relay.link_opened(link, Ok(()));
+    let mut h = Harness {
+        relay,
+        sk,
+        links: vec![link],
+    };
+    // The probe finds a modern server: its discover result stands for `initialize`.
+    let (_, probe) = h.sends().pop().expect("the probe");
+    assert_eq!(probe["method"], "server/discover");
+    let discover = json!({"supportedVersions":["2026-07-28"],"capabilities":{"tools":{}},
+        "_meta":{"io.modelcontextprotocol/serverInfo":{"name":"m","version":"1"}},"resultType":"complete"});
+    h.upstream(
+        link,
+        json!({"jsonrpc":"2.0","id":probe["id"],"result":discover}),
+    );
+    let init = h.answers(POST).pop().expect("initialize answered");
+    assert!(
+        init["result"]["capabilities"]["tools"].is_object(),
+        "{init}"
+    );
+    // A modern server has no session: it is not told the client is initialized.
+    let n = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    h.relay.client_message(sk, POST, Kind::Notification, n);
+    assert!(h.sends().is_empty());
+    // Its log level is kept by the gateway and travels with each request.
+    h.request(
+        POST,
+        json!(1),
+        "logging/setLevel",
+        json!({"level": "debug"}),
+    );
+    assert_eq!(h.answers(POST)[0]["result"], json!({}));
+    h.request(
+        POST,
+        json!(2),
+        "tools/call",
+        json!({"name":"ask","arguments":{}}),
+    );
+    let (_, call) = h.sends().pop().expect("the call");
+    let meta = &call["params"]["_meta"];
+    assert_eq!(meta[crate::mcp::META_PROTOCOL_VERSION], "2026-07-28");
+    assert_eq!(meta[crate::mcp::META_CLIENT_INFO]["name"], "legacy-client");
+    assert!(meta[crate::mcp::META_CLIENT_CAPABILITIES]["elicitation"].is_object());
+    assert_eq!(meta[crate::mcp::META_LOG_LEVEL], "debug");
+    // The server needs input: the legacy client is asked with a real request...
+    let round = json!({"resultType":"input_required","requestState":"s1","inputRequests":{
+        "name":{"method":"elicitation/create","params":{"message":"Name?"}}}});
+    h.upstream(
+        link,
+        json!({"jsonrpc":"2.0","id":call["id"],"result":round}),
+    );
+    let asked = match drain(&mut h.relay).as_slice() {
+        [Action::Push {
+            conn: POST, msg, ..
+        }] => msg.clone(),
+        other => panic!("expected the elicitation on the POST: {other:?}"),
+    };
+    assert_eq!(asked["method"], "elicitation/create");
+    assert_eq!(asked["params"]["message"], "Name?");
+    // ...and its answer goes back to the server in a retry of the same request.
+    let answer = json!({"jsonrpc":"2.0","id":asked["id"],"result":{"action":"accept","content":{"name":"Ada"}}});
+    h.relay.client_message(sk, POST, Kind::Response, answer);
+    let (_, retry) = h.sends().pop().expect("the retry");
+    assert_eq!(retry["method"], "tools/call");
+    assert_ne!(retry["id"], call["id"]);
+    assert_eq!(retry["params"]["name"], "ask");
+    assert_eq!(retry["params"]["requestState"], "s1");
+    assert_eq!(
+        retry["params"]["inputResponses"]["name"]["content"]["name"],
+        "Ada"
+    );
+    assert_eq!(
+        retry["params"]["_meta"][crate::mcp::META_PROTOCOL_VERSION],
+        "2026-07-28"
+    );
+    // The final result reaches the client without the 2026-07-28 fields.
+    let done = json!({"resultType":"complete","content":[{"type":"text","text":"Hello, Ada!"}]});
+    h.upstream(
+        link,
+        json!({"jsonrpc":"2.0","id":retry["id"],"result":done}),
+    );
+    let r = h.answers(POST).pop().expect("the answer");
+    assert_eq!(r["id"], 2);
+    assert_eq!(
+        r["result"],
+        json!({"content":[{"type":"text","text":"Hello, Ada!"}]})
+    );
 }

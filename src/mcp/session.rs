@@ -4,7 +4,7 @@
 //! SSE stream, or the backlog until one opens).
 
 use super::route::Naming;
-use crate::config::{BackendTls, McpBackend};
+use crate::config::{BackendTls, Era, McpBackend};
 use crate::idmap::IdMap;
 use crate::upstream::LinkId;
 use serde_json::Value;
@@ -33,6 +33,16 @@ pub struct TargetSlot {
     pub init_result: Option<Value>,
     /// Its label in the metrics (`backend/target`).
     pub metric: u16,
+    /// The revision it speaks: `Auto` while the `server/discover` probe is out.
+    pub era: Era,
+    /// Reached over HTTP (a modern one then gets no notifications: it has no session).
+    pub http: bool,
+}
+
+impl TargetSlot {
+    pub fn modern(&self) -> bool {
+        self.era == Era::Modern
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +78,8 @@ pub struct Modern {
     /// key, with its target, the server's own request id and the request itself
     /// (`{method, params}`). Empty when no round is open.
     pub input: Vec<Input>,
+    /// `io.modelcontextprotocol/clientInfo`, passed on to modern targets.
+    pub client_info: Option<Value>,
     /// Capabilities the server needed in this round and the client did not declare (the
     /// server was told no). A round with nothing else to ask fails the call with them.
     pub missing: Vec<&'static str>,
@@ -113,6 +125,23 @@ pub struct Call {
     pub started: Instant,
     /// Set for a stateless client's call.
     pub modern: Option<Modern>,
+    /// A legacy client's call to a modern target: what to send again once the client has
+    /// answered the target's `input_required` round, and the round in progress.
+    pub asking: Option<Box<Asking>>,
+}
+
+/// A modern target's `input_required` round, put to a legacy client as real requests.
+#[derive(Debug, Default)]
+pub struct Asking {
+    /// The request's params as first sent (envelope included).
+    pub params: Value,
+    /// Rounds so far (capped).
+    pub rounds: u8,
+    /// The round's keys not answered yet (with the method asked), and the answers so far.
+    pub waiting: Vec<(String, String)>,
+    pub responses: serde_json::Map<String, Value>,
+    /// The target's `requestState`, echoed on the retry.
+    pub state: Option<Value>,
 }
 
 pub struct Session {
@@ -132,6 +161,8 @@ pub struct Session {
     pub by_client_id: HashMap<String, u64>,
     /// Id given to the client for a server-to-client request -> (target, the target's own id).
     pub server_requests: IdMap<u64, (usize, Value)>,
+    /// Id given to the client for a request of a modern target's input round -> (call, key).
+    pub input_requests: IdMap<u64, (u64, String)>,
     /// The connection of the session's GET stream (legacy: its SSE stream), while open.
     pub get_stream: Option<usize>,
     pub backlog: VecDeque<Value>,
@@ -157,6 +188,11 @@ pub struct Session {
     /// Metrics labels: the backend as a whole (`backend/*`) and the gateway itself.
     pub metric_all: u16,
     pub metric_gateway: u16,
+    /// The level a legacy client set with `logging/setLevel`: stamped on its requests to
+    /// modern targets, which have no such method.
+    pub log_level: Option<String>,
+    /// When targets still probing their era are taken to be legacy.
+    pub probe_deadline: Option<Instant>,
 }
 
 impl Session {
@@ -177,6 +213,7 @@ impl Session {
             upstream: IdMap::default(),
             by_client_id: HashMap::new(),
             server_requests: IdMap::default(),
+            input_requests: IdMap::default(),
             get_stream: None,
             backlog: VecDeque::new(),
             next_id: 1,
@@ -190,6 +227,8 @@ impl Session {
             merged: None,
             metric_all: 0,
             metric_gateway: 0,
+            log_level: None,
+            probe_deadline: None,
         }
     }
 

@@ -47,6 +47,9 @@ impl std::fmt::Display for StateError {
     }
 }
 
+/// How the gateway's own `requestState` values begin.
+pub const PREFIX: &str = "mcplex1.";
+
 /// Signs and checks states with one key.
 pub struct Signer {
     key: hmac::Key,
@@ -94,9 +97,15 @@ impl Signer {
         }
     }
 
+    /// Whether a `requestState` is one of the gateway's (else it is a modern target's own,
+    /// and goes to that target untouched).
+    pub fn is_ours(state: &str) -> bool {
+        state.starts_with(PREFIX)
+    }
+
     pub fn sign(&self, r: Resume, expires_ms: u64, binding: &str) -> String {
         let body = format!(
-            "v1.{}.{}.{}.{expires_ms}.{binding}",
+            "{PREFIX}{}.{}.{}.{expires_ms}.{binding}",
             self.instance, r.pool, r.call
         );
         let tag = hmac::sign(&self.key, body.as_bytes());
@@ -115,7 +124,7 @@ impl Signer {
         let [v, instance, pool, call, expires, bound] = f.as_slice() else {
             return Err(StateError::Malformed);
         };
-        if *v != "v1" {
+        if Some(*v) != PREFIX.strip_suffix('.') {
             return Err(StateError::Malformed);
         }
         if *instance != self.instance {
@@ -173,7 +182,14 @@ mod tests {
             b_instance.verify(&state, 1, &b),
             Err(StateError::OtherInstance("a".into()))
         );
-        for junk in ["", ".", "v1", "zz.zz", &"x".repeat(600), "v1.a.1.2.3.4.zz"] {
+        for junk in [
+            "",
+            ".",
+            "v1",
+            "zz.zz",
+            &"x".repeat(600),
+            "mcplex1.a.1.2.3.4.zz",
+        ] {
             assert!(s.verify(junk, 1, &b).is_err(), "{junk}");
         }
     }
