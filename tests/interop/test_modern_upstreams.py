@@ -1,0 +1,169 @@
+"""Upstreams of the 2026-07-28 revision behind the gateway, for clients of either era.
+
+- modern_server.mjs: a modern-only server on the TS SDK 2.4.0 (`legacy: 'reject'`: a legacy
+  `initialize` gets -32022), over stdio and over streamable HTTP;
+- mcp-server-time 2026.10.19 (PyPI): a real dual-era stdio server.
+
+The Python SDK (mcp 2.3.0) talks to the gateway in `legacy`, `2026-07-28` and `auto` modes.
+The gateway finds each target's era with a server/discover probe, builds the request envelope
+for legacy clients from their `initialize` (what `whoami` echoes back), and turns the modern
+server's input_required rounds into real sampling/elicitation requests for a legacy client
+(answered by the SDK's callbacks), or passes them through to a modern one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client, types
+
+from conftest import NODE22, demo_target, free_port, mcp_target
+from mcp_client import STEP_TIMEOUT_S, step, text_of
+
+MODERN_SERVER = Path(__file__).parent / "modern_server.mjs"
+MODES = ["legacy", "2026-07-28", "auto"]
+
+
+def modern_stdio_target(name: str) -> dict[str, Any]:
+    return {"name": name, "stdio": {"cmd": str(NODE22), "args": [str(MODERN_SERVER), "stdio"], "env": {}}}
+
+
+def time_target(name: str = "time") -> dict[str, Any]:
+    args = ["-m", "mcp_server_time", "--local-timezone", "UTC"]
+    return {"name": name, "stdio": {"cmd": sys.executable, "args": args, "env": {}}}
+
+
+def _config(*targets: dict[str, Any]) -> dict[str, Any]:
+    return {"binds": [{"listeners": [{"routes": [{"backends": [{"mcp": {"targets": list(targets)}}]}]}]}]}
+
+
+@pytest.fixture
+def modern_http(_server_pool):
+    def start():
+        port = free_port()
+        return _server_pool.start("modern-server", [str(NODE22), str(MODERN_SERVER), "http", str(port)], port)
+
+    return start
+
+
+class Asked:
+    def __init__(self) -> None:
+        self.elicited: list[str] = []
+        self.sampled: list[str] = []
+
+    async def elicitation(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        self.elicited.append(getattr(params, "message", ""))
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+    async def sampling(self, context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        prompt = " ".join(getattr(m.content, "text", "") or "" for m in params.messages)
+        self.sampled.append(prompt)
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text=f"re:{prompt}"), model="test-model"
+        )
+
+
+def _run(url: str, mode: str, body, asked: Asked | None = None) -> None:
+    asked = asked or Asked()
+
+    async def main() -> None:
+        async with Client(
+            url,
+            mode=mode,
+            read_timeout_seconds=STEP_TIMEOUT_S,
+            elicitation_callback=asked.elicitation,
+            sampling_callback=asked.sampling,
+        ) as c:
+            assert (c.protocol_version == "2026-07-28") == (mode != "legacy"), (mode, c.protocol_version)
+            await body(c)
+
+    anyio.run(main)
+
+
+async def _exercise_modern_server(c: Client, p: str, mode: str, asked: Asked) -> None:
+    names = {t.name for t in (await step("tools/list", c.list_tools())).tools}
+    assert {f"{p}echo", f"{p}add", f"{p}ask_name", f"{p}ask_llm"} <= names, sorted(names)
+    r = await step("add", c.call_tool(f"{p}add", {"a": 20, "b": 22}))
+    assert text_of(r.content) == "42", r
+    # The modern server asks for input: a legacy client is asked for real, a modern one gets
+    # the round; either way the SDK's callbacks answer and the call completes.
+    r = await step("ask_name", c.call_tool(f"{p}ask_name", {}))
+    assert not r.is_error and text_of(r.content) == "Hello, Ada!", r
+    r = await step("ask_llm", c.call_tool(f"{p}ask_llm", {"prompt": f"from {mode}"}))
+    assert text_of(r.content) == f"LLM said: re:from {mode}", r
+    assert asked.elicited == ["What is your name?"] and asked.sampled == [f"from {mode}"], vars(asked)
+    # What the server learnt of its client: a legacy client's initialize, carried over.
+    who = json.loads(text_of((await step("whoami", c.call_tool(f"{p}whoami", {}))).content))
+    assert who["clientInfo"]["name"] == "mcp", who
+    assert "sampling" in who["clientCapabilities"] and "elicitation" in who["clientCapabilities"], who
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    r = await step("slow", c.call_tool(f"{p}slow", {"steps": 3}, progress_callback=on_progress))
+    assert text_of(r.content) == "done after 3 steps" and progress == [1, 2, 3], (r, progress)
+    res = await step("resources/list", c.list_resources())
+    uri = next(str(x.uri) for x in res.resources if str(x.uri).endswith("greeting"))
+    read = await step("resources/read", c.read_resource(uri))
+    assert "modern era" in read.contents[0].text, read
+    prompt = await step("prompts/get", c.get_prompt(f"{p}greet", {"name": "Ada"}))
+    assert "Ada" in prompt.messages[0].content.text, prompt
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_modern_stdio_server_alone(gateway, mode):
+    gw = gateway(_config(modern_stdio_target("modern")))
+    asked = Asked()
+    _run(gw.mcp, mode, lambda c: _exercise_modern_server(c, "", mode, asked), asked)
+    assert "target modern speaks 2026-07-28" in gw.log(), gw.log()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_modern_http_server_multiplexed_with_a_legacy_one(gateway, modern_http, mode):
+    upstream = modern_http()
+    gw = gateway(_config(mcp_target("mh", upstream.mcp), demo_target("demo")))
+    asked = Asked()
+
+    async def body(c: Client) -> None:
+        await _exercise_modern_server(c, "mh_", mode, asked)
+        r = await step("demo_add", c.call_tool("demo_add", {"a": 1, "b": 2}))
+        assert text_of(r.content) == "3", r
+        r = await step("demo_test_sampling", c.call_tool("demo_test_sampling", {"prompt": "legacy side"}))
+        assert text_of(r.content) == "LLM response: re:legacy side", r
+
+    _run(gw.mcp, mode, body, asked)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dual_era_time_server(gateway, mode):
+    gw = gateway(_config(time_target()))
+
+    async def body(c: Client) -> None:
+        names = {t.name for t in (await step("tools/list", c.list_tools())).tools}
+        assert {"get_current_time", "convert_time"} <= names, names
+        args = {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}
+        r = await step("convert_time", c.call_tool("convert_time", args))
+        out = json.loads(text_of(r.content))
+        assert out["target"]["datetime"].startswith(out["source"]["datetime"][:10]), out
+        assert out["target"]["datetime"][11:16] == "21:00", out
+
+    _run(gw.mcp, mode, body)
+    assert "target time speaks 2026-07-28" in gw.log(), gw.log()
+
+
+def test_era_legacy_skips_the_probe(gateway):
+    """`era: legacy` on the dual-era server: no probe, the plain initialize handshake."""
+    gw = gateway(_config({**time_target(), "era": "legacy"}))
+
+    async def body(c: Client) -> None:
+        names = {t.name for t in (await step("tools/list", c.list_tools())).tools}
+        assert "get_current_time" in names, names
+
+    _run(gw.mcp, "legacy", body)
+    assert "speaks 2026-07-28" not in gw.log(), gw.log()
