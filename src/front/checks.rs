@@ -58,6 +58,17 @@ pub fn cors_headers(cors: &Cors, origin: &str) -> Vec<(&'static str, String)> {
     h
 }
 
+/// Request headers of the MCP HTTP transports (both eras) a browser client must be allowed to
+/// send.
+const MCP_HEADERS: [&str; 6] = [
+    "Content-Type",
+    "Mcp-Session-Id",
+    "MCP-Protocol-Version",
+    "Last-Event-ID",
+    "Mcp-Method",
+    "Mcp-Name",
+];
+
 /// A CORS preflight (`OPTIONS`), answered by the gateway. `cors_extra`: the CORS headers of
 /// an allowed origin, which an allowed preflight carries too.
 pub fn preflight(
@@ -82,7 +93,20 @@ pub fn preflight(
             .unwrap_or("")
             .to_string()
     } else {
-        cors.allow_headers.join(", ")
+        // A configured list still lets through what the MCP transports send: the session
+        // and version headers, 2026-07-28's Mcp-Method / Mcp-Name, and its Mcp-Param-* ones.
+        let mut allowed = cors.allow_headers.clone();
+        let asked = req.header("access-control-request-headers").unwrap_or("");
+        let params = asked
+            .split(',')
+            .map(str::trim)
+            .filter(|h| h.len() > 10 && h[..10].eq_ignore_ascii_case("mcp-param-"));
+        for h in MCP_HEADERS.iter().copied().chain(params) {
+            if !allowed.iter().any(|a| a.eq_ignore_ascii_case(h)) {
+                allowed.push(h.to_string());
+            }
+        }
+        allowed.join(", ")
     };
     let mut r = Reply::new(204, "").header("Access-Control-Allow-Methods", &methods);
     if !headers.is_empty() {

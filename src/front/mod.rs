@@ -273,6 +273,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_configured_header_list_still_allows_the_mcp_headers() {
+        let yaml = "binds:\n- port: 3000\n  listeners:\n  - routes:\n    - policies:\n        cors:\n          allowOrigins: [\"https://app.example.com\"]\n          allowHeaders: [x-custom]\n      backends:\n      - mcp:\n          targets: [{name: a, stdio: {cmd: a}}]\n";
+        let cfg = config(yaml);
+        let req = parse("OPTIONS /mcp HTTP/1.1\r\nHost: localhost\r\nOrigin: https://app.example.com\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: mcp-method, mcp-name, mcp-param-region, x-custom\r\n\r\n");
+        let Decision::Reply(r) = decide(&cfg, 0, &req) else {
+            panic!("not a reply");
+        };
+        let allowed = r
+            .headers
+            .iter()
+            .find(|(k, _)| *k == "Access-Control-Allow-Headers")
+            .map(|(_, v)| v.to_ascii_lowercase())
+            .unwrap_or_default();
+        for h in [
+            "x-custom",
+            "mcp-method",
+            "mcp-name",
+            "mcp-protocol-version",
+            "mcp-session-id",
+            "mcp-param-region",
+        ] {
+            assert!(
+                allowed.split(", ").any(|a| a == h),
+                "{h} missing from {allowed}"
+            );
+        }
+    }
+
+    #[test]
     fn post_bodies() {
         let ok = parse("POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 36\r\n\r\n{\"jsonrpc\":\"2.0\",\"method\":\"ping\"}   ");
         assert_eq!(post_body(&ok).map(|b| b.messages.len()), Ok(1));
