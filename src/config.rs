@@ -76,7 +76,23 @@ pub struct Limits {
     pub stats_addr: Option<SocketAddr>,
     pub access_log: crate::log::AccessLog,
     pub log_level: u8,
+    /// The HMAC key of input rounds' `requestState` (`requestStateKey`), shared by instances
+    /// that must verify each other's; none: a random key per process.
+    pub state_key: Option<Secret>,
 }
+
+/// Key material read from the config, the environment or a file. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Shortest `requestStateKey` accepted, in bytes.
+pub const MIN_STATE_KEY: usize = 32;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -100,6 +116,7 @@ impl Default for Limits {
             stats_addr: None,
             access_log: crate::log::AccessLog::Off,
             log_level: crate::log::INFO,
+            state_key: None,
         }
     }
 }
@@ -731,6 +748,17 @@ impl Checker {
                 self.err(&join(path, "instanceId"), INSTANCE_ID_RULE);
             }
         }
+        if let Some(v) = self.get(&mut o, "requestStateKey") {
+            let kpath = join(path, "requestStateKey");
+            match secret(v) {
+                Ok(k) if k.len() >= MIN_STATE_KEY => l.state_key = Some(Secret(k)),
+                Ok(_) => self.err(
+                    &kpath,
+                    &format!("the key must be at least {MIN_STATE_KEY} bytes"),
+                ),
+                Err(why) => self.err(&kpath, &why),
+            }
+        }
         if let Some(a) = self.string(&mut o, "statsAddr") {
             match a.parse::<SocketAddr>() {
                 Ok(addr) => l.stats_addr = Some(addr),
@@ -1354,6 +1382,36 @@ impl Checker {
 const INSTANCE_ID_RULE: &str = "must be 1 to 32 characters of A-Z a-z 0-9 - _ (URL-safe, no dots)";
 
 /// An instance id fits in a header, a query string and a URL path unescaped.
+/// A secret given as a string, `{env: NAME}` or `{file: PATH}` (read at load time; a trailing
+/// newline of a file is dropped).
+fn secret(v: &Value) -> Result<Vec<u8>, String> {
+    match v {
+        Value::String(s) => Ok(s.as_bytes().to_vec()),
+        Value::Mapping(m) if m.len() == 1 => {
+            let (k, val) = m
+                .iter()
+                .next()
+                .ok_or("expected {env: NAME} or {file: PATH}")?;
+            let val = val.as_str().ok_or("expected a string")?;
+            match k.as_str() {
+                Some("env") => std::env::var(val)
+                    .map(String::into_bytes)
+                    .map_err(|_| format!("environment variable {val} is not set")),
+                Some("file") => std::fs::read(val)
+                    .map(|mut b| {
+                        while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                            b.pop();
+                        }
+                        b
+                    })
+                    .map_err(|e| format!("cannot read {val}: {e}")),
+                _ => Err("expected {env: NAME} or {file: PATH}".into()),
+            }
+        }
+        _ => Err("expected a string, {env: NAME} or {file: PATH}".into()),
+    }
+}
+
 pub fn valid_instance_id(id: &str) -> bool {
     (1..=32).contains(&id.len())
         && id
@@ -1583,6 +1641,31 @@ mcp:
         assert_eq!(c.limits.max_body_bytes, 100);
         assert_eq!(c.limits.request_timeout, Duration::from_millis(1500));
         assert!(parse_duration("10x").is_none());
+    }
+
+    #[test]
+    fn request_state_keys_and_eras() {
+        let cfg = |extra: &str| {
+            Config::parse(&format!(
+                "config: {{{extra}}}\nmcp:\n  port: 0\n  targets: [{{name: a, stdio: {{cmd: a}}, era: modern}}, {{name: b, mcp: {{host: \"http://127.0.0.1:1/mcp\"}}}}]\n"
+            ))
+        };
+        let key = "k".repeat(MIN_STATE_KEY);
+        let c = cfg(&format!("requestStateKey: {key}")).expect("valid");
+        assert_eq!(c.limits.state_key, Some(Secret(key.into_bytes())));
+        assert!(!format!("{:?}", c.limits).contains("kkkk"), "never printed");
+        let t = &c.binds[0].listeners[0].routes[0].backend.targets;
+        assert_eq!((t[0].era, t[1].era), (Era::Modern, Era::Auto));
+        let short = cfg("requestStateKey: short").map(|_| ()).unwrap_err();
+        assert!(short.0[0].message.contains("at least"), "{:?}", short.0);
+        let unset = cfg("requestStateKey: {env: MCPLEX_TEST_UNSET_KEY_VAR}")
+            .map(|_| ())
+            .unwrap_err();
+        assert!(unset.0[0].message.contains("not set"), "{:?}", unset.0);
+        let bad_era = Config::parse(
+            "mcp:\n  port: 0\n  targets: [{name: a, stdio: {cmd: a}, era: future}]\n",
+        );
+        assert!(bad_era.is_err());
     }
 
     #[test]

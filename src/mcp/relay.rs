@@ -116,7 +116,7 @@ impl Relay {
             next_link: 1,
             pools: HashMap::new(),
             health: Health::default(),
-            signer: Signer::new(limits.instance_id.as_deref().unwrap_or("-")),
+            signer: signer_for(&limits),
             limits,
             actions: VecDeque::new(),
             rounds: Vec::new(),
@@ -126,6 +126,13 @@ impl Relay {
 
     /// New settings (a reload); sessions keep their backends, new limits apply at once.
     pub fn set_limits(&mut self, limits: Limits) {
+        // A new shared key (or instance id) signs from now on; states already handed out
+        // under the old one are refused.
+        if limits.state_key != self.limits.state_key
+            || limits.instance_id != self.limits.instance_id
+        {
+            self.signer = signer_for(&limits);
+        }
         self.limits = limits;
     }
 
@@ -1986,6 +1993,15 @@ impl Relay {
         shrink_if_sparse(&mut self.sessions);
         shrink_if_sparse(&mut self.session_ids);
         shrink_if_sparse(&mut self.links);
+    }
+}
+
+/// The `requestState` signer the settings ask for: the shared key, else a random one.
+fn signer_for(limits: &Limits) -> Signer {
+    let instance = limits.instance_id.as_deref().unwrap_or("-");
+    match &limits.state_key {
+        Some(k) => Signer::with_key(instance, &k.0),
+        None => Signer::new(instance),
     }
 }
 

@@ -81,15 +81,18 @@ impl Signer {
     /// A signer with a fresh random key; `instance` names this gateway process.
     pub fn new(instance: &str) -> Signer {
         let rng = ring::rand::SystemRandom::new();
+        // Without the system's random numbers there is no key an attacker cannot guess:
+        // better not to start than to sign with one.
+        #[allow(clippy::expect_used)]
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
-            .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, &now_ms().to_le_bytes()));
+            .expect("the system random number generator failed");
         Signer {
             key,
             instance: instance.to_string(),
         }
     }
 
-    /// A signer with a given key (tests; later, a key shared by several instances).
+    /// A signer with a given key (`requestStateKey`, shared by several instances).
     pub fn with_key(instance: &str, key: &[u8]) -> Signer {
         Signer {
             key: hmac::Key::new(hmac::HMAC_SHA256, key),

@@ -290,3 +290,105 @@ def test_sessions_follow_their_instance_through_nginx(gateway, _server_pool, tmp
 
     anyio.run(main)
     assert front.proc.poll() is None, f"nginx died:\n{front.log()}"
+
+
+def _modern_post(url: str, rid: int, name: str, arguments: dict, extra: dict | None = None) -> tuple[int, dict]:
+    """One 2026-07-28 tools/call, by hand (the test must choose which instance gets it)."""
+    import json as _json
+
+    params = {
+        "name": name,
+        "arguments": arguments,
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+        },
+        **(extra or {}),
+    }
+    body = _json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": name,
+    }
+    req = urllib.request.Request(f"{url}/mcp", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=STEP_TIMEOUT_S) as r:
+            return r.status, _json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, _json.loads(e.read() or b"{}")
+
+
+def _requests_served(stats_port: int, method: str) -> float:
+    text = scrape(stats_port)
+    pat = rf'^mcplex_requests_total\{{method="{re.escape(method)}",target="[^"]*",outcome="ok"\}} (\S+)$'
+    return sum(float(v) for v in re.findall(pat, text, re.M))
+
+
+@pytest.mark.timeout(180)
+def test_modern_requests_need_no_affinity(gateway, _server_pool, tmp_path):
+    """Stateless (2026-07-28) requests through the same nginx, which round-robins them (they
+    carry no session): one modern client is served by both instances. The exception is an
+    input round waiting on a legacy child: its requestState names the instance holding it
+    (both share requestStateKey, so each can read the other's), and a retry sent to the other
+    instance is refused at once with that instance's name."""
+    import urllib.error  # noqa: F401 - used by _modern_post
+
+    from mcp import Client
+
+    nginx = nginx_bin()
+    stats = {"a": free_port(), "b": free_port()}
+    key = "shared-input-round-key-" + "x" * 16
+    gws = {
+        i: gateway(
+            {
+                "mcp": {"targets": [demo_target()]},
+                "config": {"instanceId": i, "statsAddr": f"127.0.0.1:{stats[i]}", "requestStateKey": key},
+            }
+        )
+        for i in ("a", "b")
+    }
+    ngx_dir = tmp_path / "nginx"
+    ngx_dir.mkdir()
+    listen = free_port()
+    conf = render_nginx(ngx_dir, gws["a"].port, gws["b"].port, listen)
+    front = _server_pool.start("nginx", nginx_argv(nginx, ngx_dir, conf), listen)
+    base = str(front)
+
+    async def main() -> None:
+        async with Client(f"{base}/mcp", mode="2026-07-28", read_timeout_seconds=STEP_TIMEOUT_S) as c:
+            names = {t.name for t in (await _step("tools/list", c.list_tools())).tools}
+            assert {"echo", "add"} <= names, names
+            for i in range(8):
+                res = await _step(f"add #{i}", c.call_tool("add", {"a": i, "b": 100}))
+                assert _text_of(res.content) == str(i + 100), res
+
+    anyio.run(main)
+    served = {i: _requests_served(stats[i], "tools/call") for i in ("a", "b")}
+    assert served["a"] >= 2 and served["b"] >= 2, f"round-robin should spread stateless calls: {served}"
+    for i in ("a", "b"):
+        assert metric(scrape(stats[i]), "mcplex_sessions") == 0, "stateless requests start no session"
+
+    # An input round on instance a (the demo's elicitation tool asks its client).
+    a, b = (f"http://127.0.0.1:{gws[i].port}" for i in ("a", "b"))
+    status, first = _modern_post(a, 1, "test_elicitation", {"message": "Who?"})
+    assert status == 200 and first["result"]["resultType"] == "input_required", first
+    state = first["result"]["requestState"]
+    (key_name,) = first["result"]["inputRequests"]
+    answer = {"action": "accept", "content": {"username": "ada", "email": "ada@example.com"}}
+    retry = {"requestState": state, "inputResponses": {key_name: answer}}
+    # Sent to b: refused at once, naming a.
+    status, wrong = _modern_post(b, 2, "test_elicitation", {"message": "Who?"}, retry)
+    assert "error" in wrong and 'instance "a"' in wrong["error"]["message"], (status, wrong)
+    # The same retry on a completes the call; the state is then used up.
+    status, done = _modern_post(a, 3, "test_elicitation", {"message": "Who?"}, retry)
+    assert status == 200 and "ada@example.com" in _text_of_raw(done), done
+    status, again = _modern_post(a, 4, "test_elicitation", {"message": "Who?"}, retry)
+    assert "error" in again, again
+    assert front.proc.poll() is None, f"nginx died:\n{front.log()}"
+
+
+def _text_of_raw(answer: dict) -> str:
+    return "".join(c.get("text", "") for c in answer.get("result", {}).get("content", []))
