@@ -754,7 +754,7 @@ impl Checker {
                 Ok(k) if k.len() >= MIN_STATE_KEY => l.state_key = Some(Secret(k)),
                 Ok(_) => self.err(
                     &kpath,
-                    &format!("the key must be at least {MIN_STATE_KEY} bytes"),
+                    format!("the key must be at least {MIN_STATE_KEY} bytes"),
                 ),
                 Err(why) => self.err(&kpath, &why),
             }
