@@ -96,7 +96,7 @@ impl Opts {
                 .strip_prefix("--")
                 .ok_or_else(|| format!("unexpected argument {a:?}"))?;
             // Flags without a value.
-            if name == "sse" || name == "streams" {
+            if name == "sse" || name == "streams" || name == "modern" {
                 pairs.push((name.to_string(), "1".to_string()));
                 continue;
             }
@@ -137,6 +137,8 @@ impl Opts {
     fn transport(&self) -> Transport {
         if self.opt("sse").is_some() {
             Transport::LegacySse
+        } else if self.opt("modern").is_some() {
+            Transport::Modern
         } else {
             Transport::Streamable
         }
@@ -292,6 +294,7 @@ fn load(mode: &str, opts: &Opts) -> Result<bool, String> {
         "transport": match (&url, transport) {
             (None, _) => "stdio",
             (_, Transport::LegacySse) => "sse",
+            (_, Transport::Modern) => "modern",
             _ => "streamable",
         },
         "url": opts.get("url"),

@@ -9,11 +9,14 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio as Piped};
 use std::time::Duration;
 
 const PROTOCOL_VERSION: &str = "2025-06-18";
+const MODERN_VERSION: &str = "2026-07-28";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Transport {
     Streamable,
     LegacySse,
+    /// 2026-07-28: no session; each request carries its envelope and headers.
+    Modern,
 }
 
 pub enum Session {
@@ -49,7 +52,7 @@ impl Session {
     /// Opens a session: `initialize`, then `notifications/initialized`.
     pub fn open(url: &Url, transport: Transport, timeout: Duration) -> Result<Session, String> {
         let session = match transport {
-            Transport::Streamable => Session::Streamable(Streamable {
+            Transport::Streamable | Transport::Modern => Session::Streamable(Streamable {
                 url: url.clone(),
                 conn: None,
                 stream: None,
@@ -57,10 +60,18 @@ impl Session {
                 protocol: None,
                 next_id: 0,
                 timeout,
+                modern: None,
             }),
             Transport::LegacySse => Session::Legacy(Legacy::connect(url, timeout)?),
         };
-        session.handshake()
+        match (session, transport) {
+            // Nothing to set up: the first request is the first message.
+            (Session::Streamable(mut s), Transport::Modern) => {
+                s.modern = Some((String::new(), String::new()));
+                Ok(Session::Streamable(s))
+            }
+            (session, _) => session.handshake(),
+        }
     }
 
     fn handshake(mut self) -> Result<Session, String> {
@@ -92,6 +103,18 @@ impl Session {
             Session::Legacy(s) => s.bump_id(),
             Session::Stdio(s) => s.bump_id(),
         };
+        let mut params = params;
+        if let Session::Streamable(Streamable {
+            modern: Some(m), ..
+        }) = self
+        {
+            params["_meta"] = json!({
+                "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            });
+            let name = params.get("name").and_then(Value::as_str).unwrap_or("");
+            *m = (method.to_string(), name.to_string());
+        }
         let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let body = msg.to_string();
         let answer = match self {
@@ -129,6 +152,7 @@ impl Session {
     /// Ends the session the way a polite client does (DELETE, or closing the SSE stream).
     pub fn close(self) -> Result<(), String> {
         match self {
+            Session::Streamable(s) if s.modern.is_some() => Ok(()),
             Session::Streamable(mut s) => s.delete(),
             Session::Legacy(_) => Ok(()),
             // Closing stdin is how a stdio client ends the session.
@@ -248,6 +272,8 @@ pub struct Streamable {
     protocol: Option<String>,
     next_id: u64,
     timeout: Duration,
+    /// A 2026-07-28 client: the method and name of the request being sent (its headers).
+    modern: Option<(String, String)>,
 }
 
 impl Streamable {
@@ -266,6 +292,13 @@ impl Streamable {
         }
         if let Some(v) = &self.protocol {
             h.push(("MCP-Protocol-Version", v));
+        }
+        if let Some((method, name)) = &self.modern {
+            h.push(("MCP-Protocol-Version", MODERN_VERSION));
+            h.push(("Mcp-Method", method));
+            if !name.is_empty() {
+                h.push(("Mcp-Name", name));
+            }
         }
         h
     }

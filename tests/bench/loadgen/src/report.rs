@@ -1,7 +1,8 @@
 //! Turns the run script's raw records (JSON lines) into the one results table, as markdown
 //! (printed and written) and JSON.
 //!
-//! Record ids: `GROUP/SYSTEM/PARAM` for load runs (groups `http`, `stdio`, `sse`, `fanout`),
+//! Record ids: `GROUP/SYSTEM/PARAM` for load runs (groups `http`, `stdio`, `sse`, `modern`,
+//! `fanout`, `modernfanout`),
 //! `mem/SYSTEM/KIND`, `startup/SYSTEM`, `size/WHAT`, `info/SYSTEM` and `meta`.
 
 use serde_json::{json, Map, Value};
@@ -127,7 +128,7 @@ fn load_rows(recs: &Records, group: &str, title: &str, rows: &mut Vec<Row>) {
             }
             out
         };
-        let what = if group == "fanout" {
+        let what = if group.ends_with("fanout") {
             format!(
                 "{title}, {param} target{}",
                 if param == "1" { "" } else { "s" }
@@ -142,7 +143,7 @@ fn load_rows(recs: &Records, group: &str, title: &str, rows: &mut Vec<Row>) {
             .and_then(|r| num(r, "sessions"))
             .unwrap_or(0.0);
         let mut note = String::new();
-        if group == "fanout" {
+        if group.ends_with("fanout") {
             note = format!("K={}", int(sessions));
             if let (Some(base), Some(here)) = (
                 recs.get("fanout/mcplex/1").and_then(|r| num(r, "p50_ms")),
@@ -401,7 +402,19 @@ pub fn run(raw: &str, md: &str, json_out: &str, date: &str) -> Result<bool, Stri
         "stdio upstream via legacy /sse, echo",
         &mut rows,
     );
+    load_rows(
+        &recs,
+        "modern",
+        "stdio upstream, 2026-07-28 client, echo",
+        &mut rows,
+    );
     load_rows(&recs, "fanout", "tools/list fan-out", &mut rows);
+    load_rows(
+        &recs,
+        "modernfanout",
+        "tools/list fan-out, 2026-07-28 client",
+        &mut rows,
+    );
     memory_rows(&recs, &mut rows);
     other_rows(&recs, &mut rows);
 
