@@ -478,6 +478,7 @@ impl Relay {
         // Its era is found out again next time (it may have been replaced by another).
         self.eras
             .remove(&(s.backend.name.clone(), slot.name.clone()));
+        s.lists.clear();
         if matches!(slot.state, TargetState::Failed(_)) && slot.link.is_none() {
             return;
         }
@@ -943,6 +944,26 @@ impl Relay {
                 );
             }
             Ok(Dest::All) => {
+                let key = list_key(&method, params.as_ref());
+                let cached = key
+                    .as_ref()
+                    .filter(|_| s.pool && modern.is_some())
+                    .and_then(|k| s.lists.get(k))
+                    .filter(|(_, until)| *until > Instant::now())
+                    .map(|(text, _)| Rc::clone(text));
+                if let Some(text) = cached {
+                    metrics::with(|m| m.request(&method, gateway, Outcome::Ok, Duration::ZERO));
+                    let mut answer = String::with_capacity(text.len() + 48);
+                    answer.push_str(r#"{"jsonrpc":"2.0","id":"#);
+                    answer.push_str(&client_id.to_string());
+                    answer.push_str(r#","result":"#);
+                    answer.push_str(&text);
+                    answer.push('}');
+                    return self.push(Action::Answer {
+                        conn,
+                        text: Some(answer),
+                    });
+                }
                 let cursor = match params.as_ref().and_then(|p| p.get("cursor")) {
                     None | Some(Value::Null) => Ok(None),
                     // Shared bare names come as one whole page: no cursor is ever handed out.
@@ -971,7 +992,8 @@ impl Relay {
                     }
                     parts.push((t, Some(p)));
                 }
-                self.start_call(
+                let pooled = s.pool && modern.is_some();
+                let cid = self.start_call(
                     sk,
                     Some(conn),
                     client_id,
@@ -981,6 +1003,11 @@ impl Relay {
                     timeout,
                     modern,
                 );
+                // A pool's answer to it is kept for the next stateless client.
+                let call = cid.and_then(|c| self.sessions.get_mut(&sk)?.calls.get_mut(&c));
+                if let (Some(call), true) = (call, pooled) {
+                    call.list_key = key;
+                }
             }
             Err(why) => refuse(self, jsonrpc::INVALID_PARAMS, &why),
         }
@@ -1158,10 +1185,8 @@ impl Relay {
         parts: Vec<(usize, Option<Value>)>,
         timeout: Duration,
         modern: Option<Modern>,
-    ) {
-        let Some(s) = self.sessions.get_mut(&sk) else {
-            return;
-        };
+    ) -> Option<u64> {
+        let s = self.sessions.get_mut(&sk)?;
         let cid = s.alloc_id();
         let exhaust = (kind == CallKind::FanOut
             && s.naming.shared()
@@ -1229,13 +1254,14 @@ impl Relay {
                 deadline: Instant::now() + timeout,
                 exhaust,
                 started: Instant::now(),
+                list_key: None,
                 modern,
                 asking,
             },
         );
         if remaining == 0 {
             self.complete_call(sk, cid);
-            return;
+            return None;
         }
         for (i, (t, req)) in sends.into_iter().enumerate() {
             if let Err(why) = self.send(sk, t, req) {
@@ -1243,6 +1269,7 @@ impl Relay {
                 self.finish_part(sk, cid, i, Err(err));
             }
         }
+        Some(cid)
     }
 
     /// Queues a message for a target's link. Err: the target has none.
@@ -1503,6 +1530,8 @@ impl Relay {
         };
         metrics::with(|m| m.request(&call.method, label, outcome, call.started.elapsed()));
         let modern = call.modern.is_some();
+        // Only a list every target answered is worth keeping.
+        let whole = call.parts.iter().all(|p| matches!(p.2, Some(Ok(_))));
         // A legacy client hears a modern target's results without the 2026-07-28 fields.
         let legacy_view = |t: usize, v: &mut Value| {
             if !modern && s.targets.get(t).is_some_and(TargetSlot::modern) {
@@ -1547,6 +1576,17 @@ impl Relay {
         };
         if modern {
             modernize_answer(&call.method, &mut answer);
+        }
+        if let Some(key) = call
+            .list_key
+            .filter(|_| whole && answer.get("result").is_some())
+        {
+            if s.lists.len() < MAX_CACHED_PAGES {
+                let text: Rc<str> = serde_json::to_string(&answer["result"])
+                    .unwrap_or_default()
+                    .into();
+                s.lists.insert(key, (text, Instant::now() + LIST_CACHE_TTL));
+            }
         }
         self.reply(call.conn, answer);
     }
@@ -1890,6 +1930,7 @@ impl Relay {
                     *u = s.naming.prefix_uri(t, u);
                 }
             }
+            m if m.ends_with("/list_changed") => s.lists.clear(),
             _ => {}
         }
         self.deliver(sk, msg, hint);
@@ -2002,6 +2043,27 @@ fn signer_for(limits: &Limits) -> Signer {
     match &limits.state_key {
         Some(k) => Signer::with_key(instance, &k.0),
         None => Signer::new(instance),
+    }
+}
+
+/// How long a pool serves a merged list page from memory when no target says it changed.
+/// Lists from servers that never send `list_changed` are at most this stale.
+const LIST_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Merged list pages a pool keeps.
+const MAX_CACHED_PAGES: usize = 64;
+
+/// The cache key of a list request (method and cursor), for the four `*/list` methods only.
+fn list_key(method: &str, params: Option<&Value>) -> Option<(String, Option<String>)> {
+    if !matches!(
+        method,
+        "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list"
+    ) {
+        return None;
+    }
+    match params.and_then(|p| p.get("cursor")) {
+        None | Some(Value::Null) => Some((method.to_string(), None)),
+        Some(Value::String(c)) => Some((method.to_string(), Some(c.clone()))),
+        Some(_) => None,
     }
 }
 

@@ -569,3 +569,82 @@ fn a_modern_target_serves_a_legacy_client() {
         json!({"content":[{"type":"text","text":"Hello, Ada!"}]})
     );
 }
+
+/// A backend's pool over `targets`, each opened and initialized as a legacy server.
+fn ready_pool(targets: &[&str]) -> Harness {
+    let mut relay = Relay::new(Limits::default());
+    let sk = relay.pool_for(&backend(targets, "failClosed"), None);
+    let mut links = Vec::new();
+    for a in drain(&mut relay) {
+        let Action::Open { link, .. } = a else {
+            panic!("expected Open, got {a:?}");
+        };
+        relay.link_opened(link, Ok(()));
+        links.push(link);
+    }
+    let mut h = Harness { relay, sk, links };
+    for (link, probe) in h.sends() {
+        let e = json!({"code": -32601, "message": "Method not found"});
+        h.upstream(link, json!({"jsonrpc":"2.0","id":probe["id"],"error":e}));
+    }
+    for (link, init) in h.sends() {
+        assert_eq!(init["method"], "initialize");
+        let result = json!({"protocolVersion":"2025-11-25","capabilities":{"tools":{"listChanged":true}},
+            "serverInfo":{"name":"s","version":"1"}});
+        h.upstream(
+            link,
+            json!({"jsonrpc":"2.0","id":init["id"],"result":result}),
+        );
+    }
+    for (_, n) in h.sends() {
+        assert_eq!(n["method"], "notifications/initialized");
+    }
+    h
+}
+
+fn modern_ctx() -> Modern {
+    Modern {
+        log_level: None,
+        capabilities: json!({}),
+        binding: String::new(),
+        input: Vec::new(),
+        client_info: None,
+        missing: Vec::new(),
+    }
+}
+
+#[test]
+fn a_pool_serves_lists_from_memory_until_a_target_says_they_changed() {
+    let mut h = ready_pool(&["a", "b"]);
+    let list = |id: u64| json!({"jsonrpc":"2.0","id":id,"method":"tools/list","params":{}});
+    let answer_lists = |h: &mut Harness, n: &str| {
+        for (link, msg) in h.sends() {
+            let tools = json!({"tools":[{"name": n, "inputSchema": {"type":"object"}}]});
+            h.upstream(link, json!({"jsonrpc":"2.0","id":msg["id"],"result":tools}));
+        }
+    };
+    h.relay.modern_request(h.sk, POST, list(1), modern_ctx());
+    answer_lists(&mut h, "x");
+    let first = h.answers(POST).pop().expect("answered");
+    assert_eq!(
+        first["result"]["tools"].as_array().map(Vec::len),
+        Some(2),
+        "{first}"
+    );
+    // The next stateless client's list comes from memory: nothing is sent upstream.
+    h.relay.modern_request(h.sk, POST2, list(2), modern_ctx());
+    let second = h.answers(POST2).pop().expect("answered from the cache");
+    assert_eq!(second["id"], 2);
+    assert_eq!(second["result"], first["result"]);
+    // A target's list_changed empties it: the next list is asked again.
+    let changed = json!({"jsonrpc":"2.0","method":"notifications/tools/list_changed"});
+    h.upstream(h.links[1], changed);
+    let _ = drain(&mut h.relay);
+    h.relay.modern_request(h.sk, POST, list(3), modern_ctx());
+    answer_lists(&mut h, "y");
+    let third = h.answers(POST).pop().expect("answered");
+    assert!(
+        third["result"]["tools"].to_string().contains("a_y"),
+        "{third}"
+    );
+}

@@ -128,6 +128,8 @@ pub struct Call {
     /// A legacy client's call to a modern target: what to send again once the client has
     /// answered the target's `input_required` round, and the round in progress.
     pub asking: Option<Box<Asking>>,
+    /// A pool's list request: where its merged answer is cached.
+    pub list_key: Option<(String, Option<String>)>,
 }
 
 /// A modern target's `input_required` round, put to a legacy client as real requests.
@@ -193,6 +195,9 @@ pub struct Session {
     pub log_level: Option<String>,
     /// When targets still probing their era are taken to be legacy.
     pub probe_deadline: Option<Instant>,
+    /// A pool's merged list pages, by (method, cursor): the result text and when it expires.
+    /// Emptied when a target says its list changed, or fails.
+    pub lists: HashMap<(String, Option<String>), (Rc<str>, Instant)>,
 }
 
 impl Session {
@@ -229,6 +234,7 @@ impl Session {
             metric_gateway: 0,
             log_level: None,
             probe_deadline: None,
+            lists: HashMap::new(),
         }
     }
 
