@@ -264,7 +264,13 @@ pub struct McpBackend {
     pub targets: Vec<Target>,
     pub prefix_mode: PrefixMode,
     pub failure_mode: FailureMode,
+    /// Most pools (sets of links, one per target) serving this backend's stateless requests
+    /// at once (`pool: {max: N}`, an mcplex field).
+    pub pool_max: usize,
 }
+
+/// The largest `pool.max`.
+pub const MAX_POOL: usize = 64;
 
 impl McpBackend {
     /// Whether names of this backend's targets carry the `<target>_` prefix.
@@ -1147,6 +1153,18 @@ impl Checker {
                 );
             }
         }
+        let mut pool_max = 1;
+        if let Some(p) = self.get(o, "pool") {
+            let ppath = join(&path, "pool");
+            if let Some(mut po) = self.obj(p, &ppath) {
+                match self.uint(&mut po, "max") {
+                    Some(n) if (1..=MAX_POOL as u64).contains(&n) => pool_max = n as usize,
+                    Some(_) => self.err(&join(&ppath, "max"), format!("must be 1 to {MAX_POOL}")),
+                    None => {}
+                }
+                self.finish(po);
+            }
+        }
         let mut targets = Vec::new();
         let mut names = HashSet::new();
         let tpaths = self.seq(o, "targets");
@@ -1172,6 +1190,7 @@ impl Checker {
         Some(McpBackend {
             name: name.unwrap_or_else(|| "mcp".to_string()),
             targets,
+            pool_max,
             prefix_mode,
             failure_mode,
         })

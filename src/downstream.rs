@@ -308,6 +308,15 @@ impl Conn {
                 self.last_write = now;
                 self.flush().is_err()
             }
+            // A reply stream that stays open (a 2026-07-28 subscriptions/listen) is kept
+            // alive the same way.
+            ConnState::Exchange(ref ex)
+                if ex.streaming && now.duration_since(self.last_write) >= STREAM_KEEPALIVE =>
+            {
+                self.sse_comment("keepalive");
+                self.last_write = now;
+                self.flush().is_err()
+            }
             _ => false,
         }
     }

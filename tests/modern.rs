@@ -368,3 +368,154 @@ fn removed_and_unknown_methods_are_404() {
         assert_eq!(r.rpc(&id)["error"]["code"], -32601, "{method}");
     }
 }
+
+#[test]
+fn a_listen_stream_carries_the_targets_list_changes() {
+    let gw = Gateway::demo("");
+    // discover tells what the pool can report.
+    let d = call(&gw, "server/discover", None, json!({}));
+    assert_eq!(
+        d["result"]["capabilities"]["tools"]["listChanged"], true,
+        "{d}"
+    );
+    let id = json!("listen-1");
+    let want = json!({"notifications": {"toolsListChanged": true, "promptsListChanged": true,
+        "resourcesListChanged": false}});
+    let mut c = gw.connect();
+    c.send(&modern_post("subscriptions/listen", None, &id, want))
+        .expect("send");
+    let head = c.read_head().expect("head");
+    assert_eq!(head.status, 200);
+    let ack = c.next_event(&head).expect("event").expect("the ack").json();
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    assert_eq!(
+        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        id
+    );
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true, "promptsListChanged": true}),
+        "only what was asked and can be told: {ack}"
+    );
+    // A call that makes the demo say its tool list changed: the listen stream hears it.
+    let params = json!({"name": "test_trigger_tool_change", "arguments": {}});
+    let r = call(&gw, "tools/call", Some("test_trigger_tool_change"), params);
+    assert_eq!(
+        r["result"]["content"][0]["text"], "the tool list changed",
+        "{r}"
+    );
+    let note = c
+        .next_event(&head)
+        .expect("event")
+        .expect("a change")
+        .json();
+    assert_eq!(note["method"], "notifications/tools/list_changed", "{note}");
+    assert_eq!(
+        note["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        id
+    );
+    // Closing the stream ends the listen; the pool goes on.
+    drop(c);
+    let r = call(
+        &gw,
+        "tools/call",
+        Some("add"),
+        json!({"name": "add", "arguments": {"a": 1, "b": 1}}),
+    );
+    assert_eq!(r["result"]["content"][0]["text"], "2", "{r}");
+}
+
+/// Opens an input round for `prompt` on the demo's sampling tool: (retry params, input key).
+#[track_caller]
+fn open_round(gw: &Gateway, prompt: &str) -> Result<(Value, String), Value> {
+    let caps = json!({"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}});
+    let params = json!({"name": "test_sampling", "arguments": {"prompt": prompt}, "_meta": caps});
+    let first = call(gw, "tools/call", Some("test_sampling"), params.clone());
+    if first["result"]["resultType"] != "input_required" {
+        return Err(first);
+    }
+    let key = first["result"]["inputRequests"]
+        .as_object()
+        .and_then(|m| m.keys().next().cloned())
+        .expect("one input request");
+    let mut retry = params;
+    retry["requestState"] = first["result"]["requestState"].clone();
+    Ok((retry, key))
+}
+
+fn sampled(retry: &Value, key: &str, text: &str) -> Value {
+    let mut r = retry.clone();
+    r["inputResponses"] = json!({key: {"role": "assistant",
+        "content": {"type": "text", "text": text}, "model": "m"}});
+    r
+}
+
+/// Starts a long `slow` call on its own connection and waits for its first progress event:
+/// while the connection is held, the call is in flight on the pool's child.
+fn busy(gw: &Gateway) -> Client {
+    let id = next_id();
+    let params = json!({"name": "slow", "arguments": {"steps": 50, "delayMs": 100},
+                        "_meta": {"progressToken": 1}});
+    let mut c = gw.connect();
+    c.send(&modern_post("tools/call", Some("slow"), &id, params))
+        .expect("send");
+    let head = c.read_head().expect("head");
+    assert_eq!(head.status, 200);
+    let first = c.next_event(&head).expect("event").expect("progress");
+    assert_eq!(first.json()["method"], "notifications/progress");
+    c
+}
+
+#[test]
+fn several_pools_give_concurrent_interactive_calls_a_child_each() {
+    let cfg = format!(
+        "mcp:\n  port: 0\n  pool: {{max: 2}}\n  targets:\n  - name: demo\n    stdio: {{cmd: {:?}}}\n",
+        demo_bin()
+    );
+    let gw = Gateway::start(&cfg);
+    let _slow = busy(&gw);
+    // The first pool's child is busy: the interactive call gets a second pool, alone there.
+    let (b, kb) = open_round(&gw, "second").expect("a pool of its own, so a round");
+    assert!(gw.log_text().contains("pool:mcp#2"), "{}", gw.log_text());
+    // Another while that one waits for its retry: both pools hold a call, so it goes to
+    // the least busy one, where the waiting call asks nothing: a round of its own too.
+    let (a, ka) = open_round(&gw, "third").expect("a round");
+    // Each retry goes back to the pool holding its round, in either order.
+    let done_a = call(
+        &gw,
+        "tools/call",
+        Some("test_sampling"),
+        sampled(&a, &ka, "A"),
+    );
+    assert_eq!(
+        done_a["result"]["content"][0]["text"], "LLM response: A",
+        "{done_a}"
+    );
+    let done_b = call(
+        &gw,
+        "tools/call",
+        Some("test_sampling"),
+        sampled(&b, &kb, "B"),
+    );
+    assert_eq!(
+        done_b["result"]["content"][0]["text"], "LLM response: B",
+        "{done_b}"
+    );
+}
+
+#[test]
+fn one_pool_refuses_a_question_while_another_call_runs_on_its_child() {
+    let gw = Gateway::demo("");
+    let slow = busy(&gw);
+    // The default single pool: two calls run on one child, the demo's question cannot be
+    // told apart, so the server is told no and reports a tool error.
+    let second = open_round(&gw, "second").expect_err("no round for the second call");
+    assert_eq!(second["result"]["isError"], true, "{second}");
+    // Once the other call is gone, the same question becomes a round.
+    drop(slow);
+    let ok = wait_until(Duration::from_secs(10), || open_round(&gw, "again").is_ok());
+    assert!(ok, "no round once the child was free:\n{}", gw.log_text());
+}

@@ -902,6 +902,16 @@ fn tool_catalog() -> Vec<Value> {
             no_arguments(),
         ),
         tool(
+            "test_trigger_tool_change",
+            "Tells the client that the tool list changed (notifications/tools/list_changed)",
+            no_arguments(),
+        ),
+        tool(
+            "test_trigger_prompt_change",
+            "Tells the client that the prompt list changed (notifications/prompts/list_changed)",
+            no_arguments(),
+        ),
+        tool(
             "test_logging_tool",
             "Sends log messages while it runs (seen only at a requested log level)",
             no_arguments(),
@@ -1023,6 +1033,13 @@ fn call_tool(ctx: &Ctx, params: &Value) -> Result<Value, RpcError> {
             ),
         ])),
         "test_tool_with_logging" | "test_logging_tool" => logging_tool(ctx),
+        "test_trigger_tool_change" | "test_trigger_prompt_change" => {
+            let kind = name
+                .trim_start_matches("test_trigger_")
+                .trim_end_matches("_change");
+            ctx.notify(&format!("notifications/{kind}s/list_changed"), json!({}));
+            Ok(tool_text(&format!("the {kind} list changed")))
+        }
         "test_missing_capability" | "test_streaming_elicitation" => input_fixture(ctx, name),
         "test_tool_with_progress" => progress_tool(ctx),
         "test_error_handling" => Ok(tool_error(

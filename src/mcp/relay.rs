@@ -16,8 +16,8 @@ use super::era::{self, Probe};
 use super::health::Health;
 use super::route::Dest;
 use super::session::{
-    new_session_id, Asking, Call, CallKind, Input, Modern, Phase, Session, TargetSlot, TargetState,
-    Waiting,
+    new_session_id, Asking, Call, CallKind, Input, Listen, Modern, Phase, Session, TargetSlot,
+    TargetState, Waiting,
 };
 use super::state::{self, Resume, Signer};
 use crate::config::{BackendTls, Era, FailureMode, Limits, McpBackend, TargetKind};
@@ -92,7 +92,7 @@ pub struct Relay {
     links: IdMap<LinkId, Holder>,
     next_link: LinkId,
     /// Each backend's pool (by the address of its config), for stateless requests.
-    pools: HashMap<usize, u64>,
+    pools: HashMap<usize, Vec<u64>>,
     pub health: Health,
     /// Signs the `requestState` of input rounds.
     signer: Signer,
@@ -150,7 +150,7 @@ impl Relay {
 
     /// Client sessions (pools not counted).
     pub fn session_count(&self) -> usize {
-        self.sessions.len() - self.pools.len()
+        self.sessions.len() - self.pools.values().map(Vec::len).sum::<usize>()
     }
 
     fn push(&mut self, a: Action) {
@@ -266,6 +266,7 @@ impl Relay {
         for call in orphaned {
             self.cancel_call(sk, call, "client disconnected");
         }
+        self.unlisten(sk, conn);
     }
 
     /// The client's `initialize`: negotiates the version and opens a link to every target;
@@ -425,7 +426,10 @@ impl Relay {
         // A pool's callers never had a session: they are told why their request failed.
         let why = match s.pool {
             true => {
-                self.pools.retain(|_, v| *v != sk);
+                for v in self.pools.values_mut() {
+                    v.retain(|p| *p != sk);
+                }
+                self.pools.retain(|_, v| !v.is_empty());
                 why.to_string()
             }
             false => format!("session ended: {why}"),
@@ -449,6 +453,12 @@ impl Relay {
         }
         if let Some(conn) = s.get_stream.take() {
             self.push(Action::EndStream { conn });
+        }
+        // Listen streams end gracefully: a result for the listen request.
+        for l in s.listens.drain(..) {
+            let end =
+                json!({"resultType": "complete", "_meta": {super::META_SUBSCRIPTION_ID: l.id}});
+            self.reply(Some(l.conn), jsonrpc::result(l.id, end));
         }
         for slot in s.targets.iter_mut() {
             if let Some(link) = slot.link.take() {
@@ -529,20 +539,34 @@ impl Relay {
 
     // ---- stateless (2026-07-28) requests ------------------------------------------------
 
-    /// The pool serving stateless requests for `backend`: opened (links started and
-    /// initialized with the gateway's own identity) on first use, then shared.
+    /// A pool to serve a stateless request for `backend`: the least busy one if it is idle
+    /// or no more may be opened (`pool.max`), else a new one (links started and initialized
+    /// with the gateway's own identity), shared from then on.
     pub fn pool_for(&mut self, backend: &Rc<McpBackend>, tls: Option<Rc<BackendTls>>) -> u64 {
         let key = Rc::as_ptr(backend) as usize;
-        if let Some(&sk) = self.pools.get(&key) {
-            return sk;
+        let open = self.pools.get(&key).map_or(&[][..], Vec::as_slice);
+        // Calls running (with a client waiting on them) count first: a call parked in an
+        // input round asks nothing more until its retry, so it cannot be confused with a
+        // newcomer's questions.
+        let load = |sk: &u64| {
+            self.sessions.get(sk).map_or((usize::MAX, usize::MAX), |s| {
+                let running = s.calls.values().filter(|c| c.conn.is_some()).count();
+                (running + s.waiting.len(), s.calls.len())
+            })
+        };
+        let least = open.iter().min_by_key(|sk| load(sk)).copied();
+        match least {
+            Some(sk) if load(&sk).0 == 0 || open.len() >= backend.pool_max => return sk,
+            _ => {}
         }
+        let n = open.len() + 1;
         let sk = self.next_session;
         self.next_session += 1;
-        let mut s = Session::new(
-            format!("pool:{}", backend.name),
-            Rc::clone(backend),
-            Value::Null,
-        );
+        let id = match n {
+            1 => format!("pool:{}", backend.name),
+            n => format!("pool:{}#{n}", backend.name),
+        };
+        let mut s = Session::new(id, Rc::clone(backend), Value::Null);
         s.tls = tls;
         s.pool = true;
         s.metric_all = metrics::with(|m| m.target(&format!("{}/*", backend.name)));
@@ -553,7 +577,7 @@ impl Relay {
             backend.targets.len()
         );
         self.sessions.insert(sk, s);
-        self.pools.insert(key, sk);
+        self.pools.entry(key).or_default().push(sk);
         // The capabilities are the ones the gateway can bridge to stateless clients, as
         // input_required rounds (a request outside any call, such as roots/list right after
         // initialization, gets an error: there is no one to ask).
@@ -751,10 +775,13 @@ impl Relay {
             .signer
             .verify(token, state::now_ms(), &modern.binding)
             .map_err(|e| e.to_string())
-            .and_then(|r| match r.pool == sk {
-                true => Ok(r.call),
+            .and_then(|r| match self.siblings(sk).contains(&r.pool) {
+                true => Ok((r.pool, r.call)),
                 false => Err("requestState belongs to another backend".into()),
             });
+        // The round waits in the pool that opened it, which may not be the one picked.
+        let sk = found.as_ref().map_or(sk, |(pool, _)| *pool);
+        let found = found.map(|(_, call)| call);
         let s = self.sessions.get_mut(&sk);
         let call = found.and_then(|cid| {
             let call = s.and_then(|s| s.calls.get_mut(&cid));
@@ -835,6 +862,7 @@ impl Relay {
             return self.resume(sk, conn, &msg, modern, &token);
         }
         match jsonrpc::method(&msg) {
+            "subscriptions/listen" => self.listen(sk, conn, &msg),
             "server/discover" => {
                 let mut r = discover_result(s.merged.as_ref());
                 shape_modern("server/discover", &mut r);
@@ -852,6 +880,179 @@ impl Relay {
                 }
                 self.client_request(sk, conn, msg, Some(modern));
             }
+        }
+    }
+
+    /// A stateless client's `subscriptions/listen` on pool `sk`: the reply stream stays open,
+    /// starts with the acknowledgement of what the pool's targets can tell (their
+    /// `listChanged` and `subscribe` capabilities), and carries their change notifications
+    /// until the client closes it. Resource subscriptions become upstream
+    /// `resources/subscribe`, one per URI however many listens want it.
+    fn listen(&mut self, sk: u64, conn: ConnId, msg: &Value) {
+        let id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let want = msg.pointer("/params/notifications");
+        let asked = |k: &str| want.and_then(|w| w.get(k)).and_then(Value::as_bool) == Some(true);
+        let caps = s.merged.as_ref().and_then(|m| m.get("capabilities"));
+        let can = |kind: &str, flag: &str| {
+            caps.and_then(|c| c.pointer(&format!("/{kind}/{flag}"))) == Some(&Value::Bool(true))
+        };
+        let uris: Vec<String> = match can("resources", "subscribe") {
+            true => want
+                .and_then(|w| w.get("resourceSubscriptions"))
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|u| u.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            false => Vec::new(),
+        };
+        let l = Listen {
+            conn,
+            id: id.clone(),
+            tools: asked("toolsListChanged") && can("tools", "listChanged"),
+            prompts: asked("promptsListChanged") && can("prompts", "listChanged"),
+            resources: asked("resourcesListChanged") && can("resources", "listChanged"),
+            uris,
+        };
+        let mut accepted = serde_json::Map::new();
+        for (on, key) in [
+            (l.tools, "toolsListChanged"),
+            (l.prompts, "promptsListChanged"),
+            (l.resources, "resourcesListChanged"),
+        ] {
+            if on {
+                accepted.insert(key.into(), true.into());
+            }
+        }
+        if !l.uris.is_empty() {
+            accepted.insert("resourceSubscriptions".into(), json!(l.uris));
+        }
+        let mut fresh = Vec::new();
+        for u in &l.uris {
+            let n = s.subscribed.entry(u.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                fresh.push(u.clone());
+            }
+        }
+        s.listens.push(l);
+        let ack = jsonrpc::notification(
+            "notifications/subscriptions/acknowledged",
+            Some(json!({"_meta": {super::META_SUBSCRIPTION_ID: id}, "notifications": accepted})),
+        );
+        self.push(Action::Push {
+            conn,
+            session: sk,
+            msg: ack,
+        });
+        for uri in fresh {
+            self.resource_subscription(sk, "resources/subscribe", &uri);
+        }
+    }
+
+    /// The pools serving the same backend as pool `sk` (itself included).
+    fn siblings(&self, sk: u64) -> Vec<u64> {
+        let Some(s) = self.sessions.get(&sk) else {
+            return Vec::new();
+        };
+        let key = Rc::as_ptr(&s.backend) as usize;
+        self.pools.get(&key).cloned().unwrap_or_else(|| vec![sk])
+    }
+
+    /// Sends `resources/subscribe` or `unsubscribe` for a client-facing URI to the target
+    /// that owns it (a modern target has neither; its updates come with its own listen).
+    fn resource_subscription(&mut self, sk: u64, method: &str, uri: &str) {
+        let Some(s) = self.sessions.get(&sk) else {
+            return;
+        };
+        let params = json!({ "uri": uri });
+        let Ok(Dest::One(t, p)) = s.naming.route(method, Some(&params)) else {
+            return;
+        };
+        if s.targets.get(t).is_none_or(TargetSlot::modern) {
+            return;
+        }
+        let timeout = self.limits.request_timeout;
+        let _ = self.start_call(
+            sk,
+            None,
+            Value::Null,
+            method,
+            CallKind::Forward,
+            vec![(t, p)],
+            timeout,
+            None,
+        );
+    }
+
+    /// The client closed a listen stream: its subscriptions are dropped (upstream too, for
+    /// URIs no other listen wants).
+    fn unlisten(&mut self, sk: u64, conn: ConnId) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some(i) = s.listens.iter().position(|l| l.conn == conn) else {
+            return;
+        };
+        let l = s.listens.swap_remove(i);
+        let mut gone = Vec::new();
+        for u in l.uris {
+            if let Some(n) = s.subscribed.get_mut(&u) {
+                *n -= 1;
+                if *n == 0 {
+                    s.subscribed.remove(&u);
+                    gone.push(u);
+                }
+            }
+        }
+        for uri in gone {
+            self.resource_subscription(sk, "resources/unsubscribe", &uri);
+        }
+    }
+
+    /// A change notification from a pool's target: to every listen whose accepted filter
+    /// covers it, tagged with that listen's id.
+    fn notify_listens(&mut self, sk: u64, msg: &Value) {
+        let method = jsonrpc::method(msg);
+        let uri = msg.pointer("/params/uri").and_then(Value::as_str);
+        let mut pushes = Vec::new();
+        // Every pool of the backend runs the same servers: a change one of its children
+        // reports reaches the listens of all of them.
+        let pools = self.siblings(sk);
+        let listens = pools
+            .iter()
+            .filter_map(|p| self.sessions.get(p).map(|s| (*p, s)))
+            .flat_map(|(p, s)| s.listens.iter().map(move |l| (p, l)));
+        for (sk, l) in listens {
+            let wanted = match method {
+                "notifications/tools/list_changed" => l.tools,
+                "notifications/prompts/list_changed" => l.prompts,
+                "notifications/resources/list_changed" => l.resources,
+                "notifications/resources/updated" => {
+                    uri.is_some_and(|u| l.uris.iter().any(|x| x == u))
+                }
+                _ => false,
+            };
+            if wanted {
+                let mut m = msg.clone();
+                if !m.get("params").is_some_and(Value::is_object) {
+                    m["params"] = json!({});
+                }
+                m["params"]["_meta"][super::META_SUBSCRIPTION_ID] = l.id.clone();
+                pushes.push((sk, l.conn, m));
+            }
+        }
+        for (sk, conn, msg) in pushes {
+            self.push(Action::Push {
+                conn,
+                session: sk,
+                msg,
+            });
         }
     }
 
@@ -1948,8 +2149,11 @@ impl Relay {
         };
         if s.pool {
             // Stateless clients hear nothing outside their own requests: progress, and log
-            // messages for a request that asked for them. The rest is dropped (list changes
-            // await `subscriptions/listen`).
+            // messages for a request that asked for them; changes go to listen streams.
+            let method = jsonrpc::method(&msg);
+            if method.ends_with("/list_changed") || method == "notifications/resources/updated" {
+                return self.notify_listens(sk, &msg);
+            }
             let Some(c) = call.and_then(|cid| s.calls.get(&cid)) else {
                 return;
             };
@@ -1998,6 +2202,7 @@ impl Relay {
             .filter(|(_, s)| {
                 s.get_stream.is_none()
                     && s.calls.is_empty()
+                    && s.listens.is_empty()
                     && now.duration_since(s.last_active) >= ttl
             })
             .map(|(k, _)| *k)
@@ -2145,15 +2350,9 @@ fn discover_result(merged: Option<&Value>) -> Value {
         .cloned()
         .unwrap_or_else(|| json!({}));
     if let Value::Object(c) = &mut caps {
-        // Change notifications need `subscriptions/listen`, which pools do not serve yet;
-        // core tasks do not exist in this revision.
+        // Core tasks do not exist in this revision (`listChanged` and `subscribe` stay: the
+        // pool relays them on `subscriptions/listen`).
         c.remove("tasks");
-        for (_, v) in c.iter_mut() {
-            if let Value::Object(o) = v {
-                o.remove("listChanged");
-                o.remove("subscribe");
-            }
-        }
     }
     let mut r = json!({
         "supportedVersions": super::ALL_VERSIONS,

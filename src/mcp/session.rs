@@ -198,6 +198,23 @@ pub struct Session {
     /// A pool's merged list pages, by (method, cursor): the result text and when it expires.
     /// Emptied when a target says its list changed, or fails.
     pub lists: HashMap<(String, Option<String>), (Rc<str>, Instant)>,
+    /// A pool's open `subscriptions/listen` streams.
+    pub listens: Vec<Listen>,
+    /// Resource URIs (as clients see them) subscribed upstream for listens, with how many
+    /// listens want each.
+    pub subscribed: HashMap<String, usize>,
+}
+
+/// One stateless client's `subscriptions/listen`: what it accepted to hear, and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listen {
+    pub conn: usize,
+    /// The listen request's id: every message on the stream is tagged with it.
+    pub id: Value,
+    pub tools: bool,
+    pub prompts: bool,
+    pub resources: bool,
+    pub uris: Vec<String>,
 }
 
 impl Session {
@@ -235,6 +252,8 @@ impl Session {
             log_level: None,
             probe_deadline: None,
             lists: HashMap::new(),
+            listens: Vec::new(),
+            subscribed: HashMap::new(),
         }
     }
 
