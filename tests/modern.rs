@@ -343,13 +343,19 @@ fn a_client_without_the_capability_is_not_asked() {
         "{e}"
     );
     // The pool's child was told no and stopped: the next call is served at once.
-    let r = call(
-        &gw,
-        "tools/call",
-        Some("add"),
-        json!({"name": "add", "arguments": {"a": 1, "b": 2}}),
+    assert_adds(&gw, 1, 2);
+}
+
+/// The pool still serves: `add` answers at once.
+#[track_caller]
+fn assert_adds(gw: &Gateway, a: i64, b: i64) {
+    let params = json!({"name": "add", "arguments": {"a": a, "b": b}});
+    let r = call(gw, "tools/call", Some("add"), params);
+    assert_eq!(
+        r["result"]["content"][0]["text"],
+        (a + b).to_string(),
+        "{r}"
     );
-    assert_eq!(r["result"]["content"][0]["text"], "3", "{r}");
 }
 
 #[test]
@@ -419,13 +425,7 @@ fn a_listen_stream_carries_the_targets_list_changes() {
     );
     // Closing the stream ends the listen; the pool goes on.
     drop(c);
-    let r = call(
-        &gw,
-        "tools/call",
-        Some("add"),
-        json!({"name": "add", "arguments": {"a": 1, "b": 1}}),
-    );
-    assert_eq!(r["result"]["content"][0]["text"], "2", "{r}");
+    assert_adds(&gw, 1, 1);
 }
 
 /// Opens an input round for `prompt` on the demo's sampling tool: (retry params, input key).
@@ -446,11 +446,19 @@ fn open_round(gw: &Gateway, prompt: &str) -> Result<(Value, String), Value> {
     Ok((retry, key))
 }
 
-fn sampled(retry: &Value, key: &str, text: &str) -> Value {
+/// Retries an open round with a sampling answer `text`, and checks the tool's result.
+#[track_caller]
+fn finish_round(gw: &Gateway, retry: &Value, key: &str, text: &str) {
     let mut r = retry.clone();
     r["inputResponses"] = json!({key: {"role": "assistant",
         "content": {"type": "text", "text": text}, "model": "m"}});
-    r
+    let done = call(gw, "tools/call", Some("test_sampling"), r);
+    let want = format!("LLM response: {text}");
+    assert_eq!(
+        done["result"]["content"][0]["text"],
+        want.as_str(),
+        "{done}"
+    );
 }
 
 /// Starts a long `slow` call on its own connection and waits for its first progress event:
@@ -484,26 +492,8 @@ fn several_pools_give_concurrent_interactive_calls_a_child_each() {
     // the least busy one, where the waiting call asks nothing: a round of its own too.
     let (a, ka) = open_round(&gw, "third").expect("a round");
     // Each retry goes back to the pool holding its round, in either order.
-    let done_a = call(
-        &gw,
-        "tools/call",
-        Some("test_sampling"),
-        sampled(&a, &ka, "A"),
-    );
-    assert_eq!(
-        done_a["result"]["content"][0]["text"], "LLM response: A",
-        "{done_a}"
-    );
-    let done_b = call(
-        &gw,
-        "tools/call",
-        Some("test_sampling"),
-        sampled(&b, &kb, "B"),
-    );
-    assert_eq!(
-        done_b["result"]["content"][0]["text"], "LLM response: B",
-        "{done_b}"
-    );
+    finish_round(&gw, &a, &ka, "A");
+    finish_round(&gw, &b, &kb, "B");
 }
 
 #[test]
