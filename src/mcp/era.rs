@@ -18,16 +18,29 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum Probe {
     /// A `server/discover` result offering 2026-07-28: the `initialize`-shaped view of it.
     Modern(Value),
+    /// `-32022` naming 2026-07-28 among the versions it supports: ask again (once).
+    Retry,
     /// Anything else (an error, a result without the version, a failed request).
     Legacy,
 }
 
 /// Reads the answer to the probe. Only a discover result that offers the modern revision
-/// counts; `-32022` (version not supported) and every other error mean legacy, since the
-/// gateway asked for the one modern revision it speaks.
+/// counts. `-32022` (version not supported) is a modern server's answer: if its list holds
+/// the revision the gateway asked for after all, the probe is worth repeating; otherwise, and
+/// for every other error, the target is legacy (the gateway speaks one modern revision).
 pub fn probe_outcome(answer: &Result<Value, Value>) -> Probe {
     match answer {
         Ok(v) => discover_as_init(v).map_or(Probe::Legacy, Probe::Modern),
+        Err(e)
+            if e.get("code").and_then(Value::as_i64)
+                == Some(crate::jsonrpc::UNSUPPORTED_VERSION) =>
+        {
+            let supported = e.pointer("/data/supported").and_then(Value::as_array);
+            match supported.is_some_and(|s| s.iter().any(|v| v.as_str() == Some(MODERN_VERSION))) {
+                true => Probe::Retry,
+                false => Probe::Legacy,
+            }
+        }
         Err(_) => Probe::Legacy,
     }
 }
@@ -142,6 +155,8 @@ mod tests {
         assert_eq!(probe_outcome(&Ok(json!({}))), Probe::Legacy);
         let unsupported = json!({"code": -32022, "message": "no", "data": {"supported": ["x"]}});
         assert_eq!(probe_outcome(&Err(unsupported)), Probe::Legacy);
+        let retry = json!({"code": -32022, "message": "no", "data": {"supported": ["2026-07-28"]}});
+        assert_eq!(probe_outcome(&Err(retry)), Probe::Retry);
         assert_eq!(
             probe_outcome(&Err(json!({"code": -32601, "message": "Method not found"}))),
             Probe::Legacy

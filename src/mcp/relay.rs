@@ -324,6 +324,7 @@ impl Relay {
                 metric,
                 era,
                 http: !matches!(target.kind, TargetKind::Stdio(_)),
+                reprobed: false,
             };
             match self.health.backing_off(&backend.name, &target.name) {
                 Some(why) => slot.state = TargetState::Failed(why),
@@ -1582,7 +1583,31 @@ impl Relay {
             return EraAnswer::NotProbe;
         };
         let key = (s.backend.name.clone(), slot.name.clone());
-        match era::probe_outcome(r) {
+        let mut outcome = era::probe_outcome(r);
+        if outcome == Probe::Retry {
+            outcome = match std::mem::replace(&mut slot.reprobed, true) {
+                false => Probe::Retry,
+                true => Probe::Legacy,
+            };
+        }
+        match outcome {
+            Probe::Retry => {
+                let new = s.alloc_id();
+                s.upstream.remove(&uid);
+                s.upstream.insert(new, cid);
+                if let Some(p) = s.calls.get_mut(&cid).and_then(|c| c.parts.get_mut(part)) {
+                    p.1 = new;
+                }
+                let mut params = None;
+                era::stamp(&mut params, &era::envelope(s, None));
+                let req = jsonrpc::request(json!(new), "server/discover", params);
+                if let Err(why) = self.send(sk, t, req) {
+                    return EraAnswer::Failed(
+                        json!({"code": jsonrpc::UPSTREAM_ERROR, "message": why}),
+                    );
+                }
+                EraAnswer::FellBack
+            }
             Probe::Modern(init) => {
                 if slot.era == Era::Auto {
                     log!(

@@ -37,6 +37,8 @@ pub struct TargetSlot {
     pub era: Era,
     /// Reached over HTTP (a modern one then gets no notifications: it has no session).
     pub http: bool,
+    /// The probe was already repeated once (after a `-32022`).
+    pub reprobed: bool,
 }
 
 impl TargetSlot {
