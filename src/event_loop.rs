@@ -362,8 +362,8 @@ impl Gateway {
                         Err(why) => self.relay.link_opened(link, Err(why)),
                     }
                 }
-                Action::Send { link, msg } => {
-                    let events = self.links.send(link, &msg, &mut reg);
+                Action::Send { link, msg, headers } => {
+                    let events = self.links.send(link, &msg, headers, &mut reg);
                     self.link_events(events.into_iter().map(|e| (link, e)));
                 }
                 Action::Close { link } => self.links.close(link, &mut reg),

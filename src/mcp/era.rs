@@ -127,6 +127,36 @@ pub fn legacy_result(v: &mut Value) -> bool {
     true
 }
 
+/// The HTTP headers of a 2026-07-28 request to a modern target: the version, `Mcp-Method`,
+/// `Mcp-Name` for the methods that name something, and for `tools/call` the `Mcp-Param-*`
+/// of the tool's marked arguments (`params`: the target's marks, by tool name).
+pub fn http_headers(
+    msg: &Value,
+    params: &std::collections::HashMap<String, Vec<super::params::Binding>>,
+) -> Vec<(String, String)> {
+    let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+    let mut h = vec![
+        (
+            "MCP-Protocol-Version".to_string(),
+            MODERN_VERSION.to_string(),
+        ),
+        ("Mcp-Method".to_string(), method.to_string()),
+    ];
+    let named = match method {
+        "tools/call" | "prompts/get" => msg.pointer("/params/name"),
+        "resources/read" => msg.pointer("/params/uri"),
+        _ => None,
+    };
+    if let Some(name) = named.and_then(Value::as_str) {
+        h.push(("Mcp-Name".to_string(), super::params::encode(name)));
+        if let (Some(b), "tools/call") = (params.get(name), method) {
+            let args = msg.pointer("/params/arguments").unwrap_or(&Value::Null);
+            h.extend(super::params::headers(b, args));
+        }
+    }
+    h
+}
+
 /// Client-to-server notifications a modern target has no use for (it has no session).
 pub fn session_notification(method: &str) -> bool {
     matches!(

@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod era;
 pub mod health;
+pub mod params;
 pub mod relay;
 pub mod route;
 pub mod session;

@@ -47,8 +47,12 @@ pub enum Action {
         /// The link serves a pool (many stateless clients at once), not one session.
         shared: bool,
     },
-    /// Write one JSON-RPC message to a link.
-    Send { link: LinkId, msg: Value },
+    /// Write one JSON-RPC message to a link (with its 2026-07-28 HTTP headers, if any).
+    Send {
+        link: LinkId,
+        msg: Value,
+        headers: Vec<(String, String)>,
+    },
     /// Close a link (stdin EOF and a grace period; an HTTP session is DELETEd).
     Close { link: LinkId },
     /// One answer for the exchange on `conn` (None: a request that will get none, such as a
@@ -325,6 +329,7 @@ impl Relay {
                 era,
                 http: !matches!(target.kind, TargetKind::Stdio(_)),
                 reprobed: false,
+                params: HashMap::new(),
             };
             match self.health.backing_off(&backend.name, &target.name) {
                 Some(why) => slot.state = TargetState::Failed(why),
@@ -1488,7 +1493,11 @@ impl Relay {
         {
             return Ok(());
         }
-        self.push(Action::Send { link, msg });
+        let headers = match slot.modern() && slot.http && !note {
+            true => era::http_headers(&msg, &slot.params),
+            false => Vec::new(),
+        };
+        self.push(Action::Send { link, msg, headers });
         Ok(())
     }
 
@@ -1649,6 +1658,54 @@ impl Relay {
         }
     }
 
+    /// A modern HTTP target's `tools/list` page: the tools whose `x-mcp-header` marks are
+    /// invalid are dropped (a client must not call them), and the valid marks are kept for
+    /// the `Mcp-Param-*` headers of later calls.
+    fn learn_params(&mut self, sk: u64, cid: u64, part: usize, r: &mut Result<Value, Value>) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let Some(&(t, _, _)) = s
+            .calls
+            .get(&cid)
+            .filter(|c| c.method == "tools/list")
+            .and_then(|c| c.parts.get(part))
+        else {
+            return;
+        };
+        let Some(slot) = s.targets.get_mut(t).filter(|x| x.modern() && x.http) else {
+            return;
+        };
+        let Ok(Value::Object(page)) = r else {
+            return;
+        };
+        let Some(Value::Array(tools)) = page.get_mut("tools") else {
+            return;
+        };
+        tools.retain(|tool| {
+            let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
+            let schema = tool.get("inputSchema").cloned().unwrap_or(Value::Null);
+            match super::params::bindings(&schema) {
+                Ok(b) if b.is_empty() => {
+                    slot.params.remove(name);
+                    true
+                }
+                Ok(b) => {
+                    slot.params.insert(name.to_string(), b);
+                    true
+                }
+                Err(why) => {
+                    log!(
+                        "[{}] target {}: tool {name:?} left out: {why}",
+                        short_id(&s.id),
+                        slot.name
+                    );
+                    false
+                }
+            }
+        });
+    }
+
     /// The probe deadline passed: targets that have not answered `server/discover` are legacy.
     fn probe_timeout(&mut self, sk: u64) {
         let Some(s) = self.sessions.get_mut(&sk) else {
@@ -1682,6 +1739,7 @@ impl Relay {
             EraAnswer::Failed(e) => r = Err(e),
             EraAnswer::FellBack => return, // the answer to `initialize` finishes the part
         }
+        self.learn_params(sk, cid, part, &mut r);
         let asks_legacy = |s: &Session| s.calls.get(&cid).is_some_and(|c| c.asking.is_some());
         if let (Ok(v), true) = (&r, self.sessions.get(&sk).is_some_and(asks_legacy)) {
             if v.get("resultType").and_then(Value::as_str) == Some("input_required") {
@@ -2023,8 +2081,11 @@ impl Relay {
             None => !modern_target,
             Some(_) => result.starts_with('{') && (!typed || modern_target),
         };
+        // A modern HTTP target's tool list is read for its parameter headers (general path).
+        let learns = modern_target && s.targets.get(t).is_some_and(|x| x.http);
         let plain = |c: &Call| {
             splice(c)
+                && !(learns && c.method == "tools/list")
                 && c.kind == CallKind::Forward
                 && c.parts.len() == 1
                 && c.parts[0].0 == t

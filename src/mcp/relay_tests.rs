@@ -141,7 +141,7 @@ impl Harness {
         drain(&mut self.relay)
             .into_iter()
             .map(|a| match a {
-                Action::Send { link, msg } => (link, msg),
+                Action::Send { link, msg, .. } => (link, msg),
                 other => panic!("expected Send, got {other:?}"),
             })
             .collect()
@@ -331,7 +331,9 @@ fn cancellation_reaches_the_target_and_ends_the_request() {
     h.relay
         .client_message(h.sk, POST2, Kind::Notification, cancel);
     match drain(&mut h.relay).as_slice() {
-        [Action::Send { link: l, msg: n }, Action::Answer { conn, text: None }] => {
+        [Action::Send {
+            link: l, msg: n, ..
+        }, Action::Answer { conn, text: None }] => {
             assert_eq!(*l, link);
             assert_eq!(n["method"], "notifications/cancelled");
             assert_eq!(
@@ -358,7 +360,9 @@ fn a_call_past_its_deadline_fails_and_is_cancelled_upstream() {
     assert!(drain(&mut h.relay).is_empty(), "not yet");
     h.relay.tick(Instant::now() + Duration::from_secs(11));
     match drain(&mut h.relay).as_slice() {
-        [Action::Send { link: l, msg: n }, Action::Answer {
+        [Action::Send {
+            link: l, msg: n, ..
+        }, Action::Answer {
             conn,
             text: Some(t),
         }] => {

@@ -39,6 +39,9 @@ pub struct TargetSlot {
     pub http: bool,
     /// The probe was already repeated once (after a `-32022`).
     pub reprobed: bool,
+    /// A modern HTTP target's tools whose arguments travel as `Mcp-Param-*` headers too (from
+    /// the `x-mcp-header` marks in its last `tools/list`), by the target's own tool name.
+    pub params: HashMap<String, Vec<super::params::Binding>>,
 }
 
 impl TargetSlot {

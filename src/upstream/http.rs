@@ -71,8 +71,8 @@ struct Outgoing {
     retried: bool,
     /// For `Resume`: the last event id seen, and how many resumptions came before.
     resume: Option<(String, u8)>,
-    /// A 2026-07-28 request: its `Mcp-Method` and `Mcp-Name` headers (it carries no session).
-    modern: Option<Box<(String, Option<String>)>>,
+    /// A 2026-07-28 request: the headers the relay made for it (it carries no session).
+    modern: Option<Vec<(String, String)>>,
 }
 
 struct Exchange {
@@ -195,6 +195,7 @@ impl HttpTarget {
         &mut self,
         reg: &mut dyn Registrar,
         msg: &Value,
+        headers: Vec<(String, String)>,
         out: &mut Vec<LinkEvent>,
     ) -> Result<(), String> {
         if self.closing {
@@ -209,17 +210,7 @@ impl HttpTarget {
         if method == Some("initialize") {
             self.init_id = request_id;
         }
-        let modern = method.filter(|_| is_modern(msg)).map(|m| {
-            let name = match m {
-                "tools/call" | "prompts/get" => msg.pointer("/params/name"),
-                "resources/read" => msg.pointer("/params/uri"),
-                _ => None,
-            };
-            Box::new((
-                m.to_string(),
-                name.and_then(Value::as_str).map(header_value),
-            ))
-        });
+        let modern = (!headers.is_empty()).then_some(headers);
         self.dispatch(
             reg,
             Outgoing {
@@ -370,11 +361,7 @@ impl HttpTarget {
         let mut headers: Vec<(&str, &str)> = Vec::new();
         let streamable = self.flavor == Flavor::Streamable;
         if let Some(m) = &o.modern {
-            headers.push(("MCP-Protocol-Version", crate::mcp::MODERN_VERSION));
-            headers.push(("Mcp-Method", &m.0));
-            if let Some(name) = &m.1 {
-                headers.push(("Mcp-Name", name));
-            }
+            headers.extend(m.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         } else if streamable {
             if let Some(sid) = &self.session_id {
                 headers.push(("Mcp-Session-Id", sid));
@@ -987,42 +974,6 @@ impl Exchange {
             last_event_id: None,
         }
     }
-}
-
-/// Whether a message carries the 2026-07-28 envelope (the relay stamps it on everything it
-/// sends to a modern target).
-fn is_modern(msg: &Value) -> bool {
-    let key = crate::mcp::META_PROTOCOL_VERSION.replace('/', "~1");
-    msg.pointer(&format!("/params/_meta/{key}"))
-        .and_then(Value::as_str)
-        == Some(crate::mcp::MODERN_VERSION)
-}
-
-/// A header value as the revision writes it: as it is when printable ASCII, else
-/// `=?base64?...?=` of its UTF-8 bytes.
-fn header_value(v: &str) -> String {
-    if v.bytes().all(|b| (0x20..0x7f).contains(&b)) && v.trim() == v {
-        return v.to_string();
-    }
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::from("=?base64?");
-    for chunk in v.as_bytes().chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out.push_str("?=");
-    out
 }
 
 /// Turns a body or SSE data (one message or a batch) into `Message` events, noting the answer

@@ -184,7 +184,15 @@ impl Links {
 
     /// Sends one JSON-RPC message. A request that cannot be sent comes back as
     /// `RequestFailed`; a child that cannot be written to, as `Fatal`.
-    pub fn send(&mut self, id: LinkId, msg: &Value, reg: &mut dyn LinkRegistry) -> Vec<LinkEvent> {
+    /// Sends one message; `headers`: HTTP headers of a 2026-07-28 request (none for stdio,
+    /// and for everything a legacy target gets).
+    pub fn send(
+        &mut self,
+        id: LinkId,
+        msg: &Value,
+        headers: Vec<(String, String)>,
+        reg: &mut dyn LinkRegistry,
+    ) -> Vec<LinkEvent> {
         let mut events = Vec::new();
         let link = self.map.get_mut(&id).filter(|l| l.state == Lifecycle::Live);
         let failed = match link.map(|l| (&l.name, &mut l.transport)) {
@@ -195,7 +203,7 @@ impl Links {
                 None
             }
             Some((_, Transport::Http(http))) => http
-                .send(&mut ForLink { reg, link: id }, msg, &mut events)
+                .send(&mut ForLink { reg, link: id }, msg, headers, &mut events)
                 .err(),
             None => Some("target is not running".to_string()),
         };

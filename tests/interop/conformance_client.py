@@ -91,9 +91,24 @@ async def drive(url: str, mode: str) -> None:
                 return None
 
         tools = await attempt("tools/list", c.list_tools())
-        for t in tools.tools if tools else []:
-            schema = t.input_schema if isinstance(t.input_schema, dict) else {}
-            await attempt(f"tools/call {t.name}", c.call_tool(t.name, example(schema)))
+        # A scenario may name the calls to make (MCP_CONFORMANCE_CONTEXT); else every tool is
+        # called with arguments made from its schema.
+        context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
+        calls = [(tc["name"], tc.get("arguments") or {}) for tc in context.get("toolCalls") or []]
+        listed = tools.tools if tools else []
+        schemas = {t.name: t.input_schema for t in listed if isinstance(t.input_schema, dict)}
+        if not calls:
+            for t in listed:
+                schema = schemas.get(t.name, {})
+                args = example(schema)
+                # A tool taking a `schema` object gets another tool's inputSchema as listed:
+                # what the scenario checks is that nothing on the way stripped a keyword.
+                if (schema.get("properties") or {}).get("schema", {}).get("type") == "object":
+                    other = next((v for k, v in schemas.items() if k != t.name), {})
+                    args = {**args, "schema": other}
+                calls.append((t.name, args))
+        for name, args in calls:
+            await attempt(f"tools/call {name}", c.call_tool(name, args))
         resources = await attempt("resources/list", c.list_resources())
         for r in resources.resources if resources else []:
             await attempt(f"resources/read {r.uri}", c.read_resource(str(r.uri)))

@@ -7,8 +7,7 @@ standard headers, requestState round trips.
 Scenarios the gateway must pass: GATEWAY_SCENARIOS, with a legacy driving client (mcplex
 builds the envelope from its initialize and turns input rounds into real requests) and with a
 2026-07-28 one. The others are reported, not asserted: upstream OAuth (`auth/*`, issue #14's
-territory), `Mcp-Param-*` from `x-mcp-header` (not implemented), and the driving SDK's own
-schema handling. Results go to target/conformance-client-summary.txt.
+territory). Results go to target/conformance-client-summary.txt.
 """
 
 from __future__ import annotations
@@ -31,7 +30,10 @@ GATEWAY_SCENARIOS = [
     "request-metadata",
     "sep-2322-client-request-state",
     "http-standard-headers",
+    "http-custom-headers",
+    "http-invalid-tool-headers",
     "json-schema-ref-no-deref",
+    "json-schema-2020-12-preservation",
 ]
 _LINE_RE = re.compile(r"^([✓✗]) (\S+): (\d+) passed, (\d+) failed", re.M)
 
