@@ -1493,7 +1493,8 @@ impl Relay {
         {
             return Ok(());
         }
-        let headers = match slot.modern() && slot.http && !note {
+        // (An `auto` target still being probed gets only `server/discover`, enveloped.)
+        let headers = match slot.era != Era::Legacy && slot.http && !note {
             true => era::http_headers(&msg, &slot.params),
             false => Vec::new(),
         };
