@@ -1,6 +1,7 @@
-//! What a 2026-07-28 client controls: the request envelope and its headers (the checks the
-//! front runs), header values in the `=?base64?...?=` form, and the `requestState` it hands
-//! back. No panic; a state verifies only when it is the one that was signed.
+//! What a 2026-07-28 peer controls: a client's request envelope and its headers (the checks
+//! the front runs), header values in the `=?base64?...?=` form, the `requestState` it hands
+//! back; an upstream's answer to the era probe and the `x-mcp-header` marks of its tools. No
+//! panic; a state verifies only when it is the one that was signed; header values round-trip.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -8,6 +9,7 @@ use mcplex::front::modern;
 use mcplex::http::parse::{parse_request, Limits};
 use mcplex::http::Status;
 use mcplex::mcp::state::{binding, Resume, Signer};
+use mcplex::mcp::{era, params};
 
 const LIMITS: Limits = Limits {
     max_head: 2048,
@@ -27,10 +29,25 @@ fuzz_target!(|data: &[u8]| {
             let _ = modern::decode_header_value(v);
         }
     }
+    // As JSON: a tool's inputSchema (its marks, and the headers of a call whose arguments are
+    // the same document), and an answer to the probe.
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        if let Ok(b) = params::bindings(&v) {
+            for (name, value) in params::headers(&b, &v) {
+                assert!(name.starts_with("Mcp-Param-"));
+                let back = modern::decode_header_value(&value);
+                let _ = params::check(&b, &v, &[(name["Mcp-Param-".len()..].to_string(), back)]);
+            }
+        }
+        let _ = era::probe_outcome(&Ok(v.clone()));
+        let _ = era::probe_outcome(&Err(v));
+    }
     // As text: a header value and a requestState.
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // Encoding then decoding gives the value back.
+    assert_eq!(modern::decode_header_value(&params::encode(text)), text);
     let _ = modern::decode_header_value(text);
     let signer = Signer::with_key("fuzz", b"fuzz key");
     let bound = binding("tools/call", "t");
