@@ -100,7 +100,7 @@ pub fn preflight(
         let params = asked
             .split(',')
             .map(str::trim)
-            .filter(|h| h.len() > 10 && h[..10].eq_ignore_ascii_case("mcp-param-"));
+            .filter(|h| h.len() > 10 && h.as_bytes()[..10].eq_ignore_ascii_case(b"mcp-param-"));
         for h in MCP_HEADERS.iter().copied().chain(params) {
             if !allowed.iter().any(|a| a.eq_ignore_ascii_case(h)) {
                 allowed.push(h.to_string());

@@ -551,6 +551,9 @@ impl Relay {
     pub fn pool_for(&mut self, backend: &Rc<McpBackend>, tls: Option<Rc<BackendTls>>) -> u64 {
         let key = Rc::as_ptr(backend) as usize;
         let open = self.pools.get(&key).map_or(&[][..], Vec::as_slice);
+        if let ([only], 1) = (open, backend.pool_max) {
+            return *only; // the default: one pool, nothing to weigh
+        }
         // Calls running (with a client waiting on them) count first: a call parked in an
         // input round asks nothing more until its retry, so it cannot be confused with a
         // newcomer's questions.
@@ -910,9 +913,9 @@ impl Relay {
                 .and_then(|w| w.get("resourceSubscriptions"))
                 .and_then(Value::as_array)
                 .map(|a| {
-                    a.iter()
-                        .filter_map(|u| u.as_str().map(str::to_string))
-                        .collect()
+                    // Each becomes an upstream subscription: a bound on what one request opens.
+                    let uris = a.iter().filter_map(|u| u.as_str().map(str::to_string));
+                    uris.take(MAX_LISTEN_URIS).collect()
                 })
                 .unwrap_or_default(),
             false => Vec::new(),
@@ -1340,16 +1343,13 @@ impl Relay {
                 }
             }
         }
-        let Some((t, old, None)) = call.parts.first().cloned() else {
+        let Some((t, _, None)) = call.parts.first().cloned() else {
             return;
         };
         let method = call.method.clone();
-        let new = s.alloc_id();
-        s.upstream.remove(&old);
-        s.upstream.insert(new, cid);
-        if let Some(p) = s.calls.get_mut(&cid).and_then(|c| c.parts.first_mut()) {
-            p.1 = new;
-        }
+        let Some(new) = s.reissue(cid, 0) else {
+            return Default::default();
+        };
         let req = jsonrpc::request(json!(new), &method, Some(params));
         if let Err(why) = self.send(sk, t, req) {
             let err = json!({"code": jsonrpc::UPSTREAM_ERROR, "message": why});
@@ -1580,7 +1580,7 @@ impl Relay {
         let Some(s) = self.sessions.get_mut(&sk) else {
             return EraAnswer::NotProbe;
         };
-        let Some(&(t, uid, None)) = s
+        let Some(&(t, _, None)) = s
             .calls
             .get(&cid)
             .filter(|c| c.kind == CallKind::Initialize)
@@ -1602,12 +1602,9 @@ impl Relay {
         }
         match outcome {
             Probe::Retry => {
-                let new = s.alloc_id();
-                s.upstream.remove(&uid);
-                s.upstream.insert(new, cid);
-                if let Some(p) = s.calls.get_mut(&cid).and_then(|c| c.parts.get_mut(part)) {
-                    p.1 = new;
-                }
+                let Some(new) = s.reissue(cid, part) else {
+                    return EraAnswer::NotProbe;
+                };
                 let mut params = None;
                 era::stamp(&mut params, &era::envelope(s, None));
                 let req = jsonrpc::request(json!(new), "server/discover", params);
@@ -1642,12 +1639,9 @@ impl Relay {
             Probe::Legacy => {
                 slot.era = Era::Legacy;
                 self.eras.insert(key, Era::Legacy);
-                let new = s.alloc_id();
-                s.upstream.remove(&uid);
-                s.upstream.insert(new, cid);
-                if let Some(p) = s.calls.get_mut(&cid).and_then(|c| c.parts.get_mut(part)) {
-                    p.1 = new;
-                }
+                let Some(new) = s.reissue(cid, part) else {
+                    return EraAnswer::NotProbe;
+                };
                 let req = jsonrpc::request(json!(new), "initialize", Some(s.init_params.clone()));
                 if let Err(why) = self.send(sk, t, req) {
                     return EraAnswer::Failed(
@@ -1685,8 +1679,8 @@ impl Relay {
         };
         tools.retain(|tool| {
             let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
-            let schema = tool.get("inputSchema").cloned().unwrap_or(Value::Null);
-            match super::params::bindings(&schema) {
+            let schema = tool.get("inputSchema").unwrap_or(&Value::Null);
+            match super::params::bindings(schema) {
                 Ok(b) if b.is_empty() => {
                     slot.params.remove(name);
                     true
@@ -2076,7 +2070,9 @@ impl Relay {
         // A stateless client's result gets its `resultType` (and cache fields) spliced in,
         // unless its target (a modern one) put them there; a legacy client's result from a
         // modern target needs them taken out (the general path).
-        let typed = result.contains("\"resultType\"");
+        // (Scanned only for a stateless client's call: a legacy one's result goes as it is.)
+        let stateless = s.calls.get(&cid).is_some_and(|c| c.modern.is_some());
+        let typed = stateless && result.contains("\"resultType\"");
         let modern_target = s.targets.get(t).is_some_and(|x| x.modern());
         let splice = |c: &Call| match c.modern {
             None => !modern_target,
@@ -2341,6 +2337,8 @@ fn signer_for(limits: &Limits) -> Signer {
 /// How long a pool serves a merged list page from memory when no target says it changed.
 /// Lists from servers that never send `list_changed` are at most this stale.
 const LIST_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Resource URIs one `subscriptions/listen` may subscribe to.
+const MAX_LISTEN_URIS: usize = 256;
 /// Merged list pages a pool keeps.
 const MAX_CACHED_PAGES: usize = 64;
 

@@ -262,6 +262,19 @@ impl Session {
         }
     }
 
+    /// Gives part `part` of call `cid` a new upstream id (its request goes out again: a
+    /// retry, or `initialize` after the era probe); the old id is forgotten, so a late answer
+    /// to it is dropped. None: no such call or part.
+    pub fn reissue(&mut self, cid: u64, part: usize) -> Option<u64> {
+        let new = self.next_id;
+        let p = self.calls.get_mut(&cid)?.parts.get_mut(part)?;
+        let old = std::mem::replace(&mut p.1, new);
+        self.next_id += 1;
+        self.upstream.remove(&old);
+        self.upstream.insert(new, cid);
+        Some(new)
+    }
+
     pub fn alloc_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
