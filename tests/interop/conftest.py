@@ -60,9 +60,9 @@ def everything_target(name: str = "everything") -> dict[str, Any]:
     }
 
 
-def demo_target(name: str = "demo") -> dict[str, Any]:
+def demo_target(name: str = "demo", args: list[str] | None = None) -> dict[str, Any]:
     """Config target: the project's demo upstream (mcplex-demo) over stdio."""
-    return {"name": name, "stdio": {"cmd": str(MCPLEX_DEMO_BIN), "args": [], "env": {}}}
+    return {"name": name, "stdio": {"cmd": str(MCPLEX_DEMO_BIN), "args": list(args or []), "env": {}}}
 
 
 def mcp_target(name: str, url: str) -> dict[str, Any]:
@@ -312,12 +312,13 @@ def gateway(_server_pool: _ServerPool, tmp_path: Path) -> Callable[[dict[str, An
 
 @pytest.fixture
 def demo_http(_server_pool: _ServerPool) -> Callable[[], Server]:
-    """demo_http() starts `mcplex-demo --http --port N` and returns its base URL."""
+    """demo_http(*args) starts `mcplex-demo --http --port N [args]` and returns its base URL."""
 
-    def start() -> Server:
+    def start(*args: str) -> Server:
         assert MCPLEX_DEMO_BIN.exists(), f"demo binary {MCPLEX_DEMO_BIN} not built (cargo build --bins)"
         port = free_port()
-        return _server_pool.start("mcplex-demo", [str(MCPLEX_DEMO_BIN), "--http", "--port", str(port)], port)
+        argv = [str(MCPLEX_DEMO_BIN), "--http", "--port", str(port), *args]
+        return _server_pool.start("mcplex-demo", argv, port)
 
     return start
 

@@ -3,16 +3,19 @@
 
 `server --requirements 2026-07-28` runs every scenario the revision requires (stateless
 serving, server/discover, caching fields, input_required rounds, headers) plus some it does not
-score (the tasks extension, pending scenarios); its summary names the unscored ones. Run (a)
-directly against `mcplex-demo --http`, a legacy-only server, for reference; (b) through the
-gateway with the demo as its one stdio target; (c) through the gateway with `mcplex-demo
---http` as its one `mcp` target. The demo carries the fixture tools the scenarios call,
-written as a legacy server writes them (it asks its client for sampling, elicitation and
-roots); the gateway turns those questions into input_required rounds.
+score (the tasks extension, pending scenarios); its summary names the unscored ones. Runs:
+(a) directly against `mcplex-demo --http --dual-era`, the demo serving 2026-07-28 itself;
+then through the gateway with the demo as its one target, (b) the legacy demo over stdio,
+(c) the legacy `mcplex-demo --http` as an `mcp` target, (d) the dual-era demo over stdio and
+(e) the dual-era demo over HTTP (both found modern by the gateway's era probe). The demo's
+fixtures are written as a legacy server writes them (they ask their client for sampling,
+elicitation and roots); in front of a legacy demo the gateway turns those questions into
+input_required rounds, in front of a dual-era one it relays the demo's own rounds.
 
-The assertion: through the gateway, on both kinds of upstream, every scored scenario passes
-(no FAILURE check; WARNINGs are SHOULDs and are reported). Per-scenario results for all three
-runs go to target/conformance-modern-summary.txt and stdout.
+The assertions: the direct run passes every scored scenario, and through the gateway, on every
+kind of upstream, every scored scenario passes (no FAILURE check; WARNINGs are SHOULDs and are
+reported): the gateway scores what the direct demo scores. Per-scenario results for all runs go
+to target/conformance-modern-summary.txt and stdout.
 """
 
 from __future__ import annotations
@@ -79,9 +82,11 @@ def run_suite(url: str, out_dir: Path) -> tuple[dict[str, Scenario], dict[str, s
 _RUNS: dict[str, dict[str, Scenario]] = {}
 _UNSCORED: dict[str, str] = {}
 LABELS = {
-    "direct": "mcplex-demo --http directly (a legacy-only server)",
-    "gateway/stdio": "mcplex, mcplex-demo as its one stdio target",
-    "gateway/mcp": "mcplex, mcplex-demo --http as its one mcp target",
+    "direct": "mcplex-demo --http --dual-era directly",
+    "gw/stdio": "mcplex, the legacy mcplex-demo as its one stdio target",
+    "gw/mcp": "mcplex, the legacy mcplex-demo --http as its one mcp target",
+    "gw/stdio-modern": "mcplex, mcplex-demo --dual-era as its one stdio target",
+    "gw/mcp-modern": "mcplex, mcplex-demo --http --dual-era as its one mcp target",
 }
 
 
@@ -98,10 +103,8 @@ def write_summary() -> str:
     for lb in labels:
         scored = {n: r for n, r in _RUNS[lb].items() if n not in _UNSCORED}
         passed = sum(r.passed for r in scored.values())
-        lines.append(f"{lb + ':':<15} {passed}/{len(scored)} scored scenarios passed ({LABELS[lb]})")
+        lines.append(f"{lb + ':':<17} {passed}/{len(scored)} scored scenarios passed ({LABELS[lb]})")
     for lb in labels:
-        if lb == "direct":
-            continue
         for n, r in sorted(_RUNS[lb].items()):
             for pr in r.problems() if n not in _UNSCORED else []:
                 lines.append(f"  {lb} {n}: {pr}")
@@ -128,14 +131,52 @@ def _assert_scored_pass(label: str, results: dict[str, Scenario]) -> None:
     assert not failing, f"scored 2026-07-28 scenarios failing through {LABELS[label]}: {failing}\n{summary}"
 
 
-def test_modern_conformance_through_the_gateway_to_a_stdio_server(demo_http, gateway, tmp_path):
+def _direct(demo_http, tmp_path: Path) -> dict[str, Scenario]:
+    """The direct run (once per test session), which the gateway's runs are held to."""
     if "direct" not in _RUNS:
-        _run("direct", demo_http().mcp, tmp_path)
+        _run("direct", demo_http("--dual-era").mcp, tmp_path)
+    return _RUNS["direct"]
+
+
+def _gateway_scores_what_direct_scores(label: str, results: dict[str, Scenario]) -> None:
+    direct = _RUNS["direct"]
+    behind = sorted(n for n, r in direct.items() if r.passed and not (n in results and results[n].passed))
+    assert not behind, f"scenarios the direct demo passes but {LABELS[label]} does not: {behind}"
+
+
+def test_modern_conformance_directly_against_the_dual_era_demo(demo_http, tmp_path):
+    _assert_scored_pass("direct", _direct(demo_http, tmp_path))
+
+
+def test_modern_conformance_through_the_gateway_to_a_stdio_server(demo_http, gateway, tmp_path):
+    _direct(demo_http, tmp_path)
     gw = gateway(single_target_config(demo_target()))
-    _assert_scored_pass("gateway/stdio", _run("gateway/stdio", gw.mcp, tmp_path))
+    results = _run("gw/stdio", gw.mcp, tmp_path)
+    _assert_scored_pass("gw/stdio", results)
+    _gateway_scores_what_direct_scores("gw/stdio", results)
 
 
 def test_modern_conformance_through_the_gateway_to_an_http_server(demo_http, gateway, tmp_path):
+    _direct(demo_http, tmp_path)
     upstream = demo_http()
     gw = gateway(single_target_config(mcp_target("demo", upstream.mcp)))
-    _assert_scored_pass("gateway/mcp", _run("gateway/mcp", gw.mcp, tmp_path))
+    results = _run("gw/mcp", gw.mcp, tmp_path)
+    _assert_scored_pass("gw/mcp", results)
+    _gateway_scores_what_direct_scores("gw/mcp", results)
+
+
+def test_modern_conformance_through_the_gateway_to_a_modern_stdio_server(demo_http, gateway, tmp_path):
+    _direct(demo_http, tmp_path)
+    gw = gateway(single_target_config(demo_target(args=["--dual-era"])))
+    results = _run("gw/stdio-modern", gw.mcp, tmp_path)
+    _assert_scored_pass("gw/stdio-modern", results)
+    _gateway_scores_what_direct_scores("gw/stdio-modern", results)
+
+
+def test_modern_conformance_through_the_gateway_to_a_modern_http_server(demo_http, gateway, tmp_path):
+    _direct(demo_http, tmp_path)
+    upstream = demo_http("--dual-era")
+    gw = gateway(single_target_config(mcp_target("demo", upstream.mcp)))
+    results = _run("gw/mcp-modern", gw.mcp, tmp_path)
+    _assert_scored_pass("gw/mcp-modern", results)
+    _gateway_scores_what_direct_scores("gw/mcp-modern", results)

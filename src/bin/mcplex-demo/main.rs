@@ -14,6 +14,8 @@
 
 #![forbid(unsafe_code)]
 
+mod modern;
+
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
@@ -83,7 +85,8 @@ const USAGE: &str = "usage: mcplex-demo [stdio] [LIST OPTIONS]\n       \
     --host HOST        address to bind (default 127.0.0.1)\n\
     --port PORT        port to bind (default 3001; 0 picks a free port)\n\
     --no-streams       refuse GET streams (405) and close every connection after its\n\
-                       response, so that no connection outlives a request\n\n\
+                       response, so that no connection outlives a request\n\
+    --dual-era         also serve MCP 2026-07-28 (stateless) requests, on both transports\n\n\
     list options (for testing clients and gateways that page through lists):\n\
     --page-size N      answer every */list N items at a time, with nextCursor\n\
     --extra-tools N    also offer tools extra_1 .. extra_N (each returns its own name)\n";
@@ -96,6 +99,12 @@ struct ListOptions {
 }
 
 static LIST_OPTIONS: std::sync::OnceLock<ListOptions> = std::sync::OnceLock::new();
+/// `--dual-era`: requests of the 2026-07-28 revision are served too (see `modern`).
+static DUAL_ERA: AtomicBool = AtomicBool::new(false);
+
+fn dual_era() -> bool {
+    DUAL_ERA.load(Ordering::Relaxed)
+}
 
 fn list_options() -> ListOptions {
     LIST_OPTIONS.get().copied().unwrap_or_default()
@@ -156,6 +165,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
             "stdio" | "--stdio" => stdio = true,
             "--http" => http = true,
             "--no-streams" => no_streams = true,
+            "--dual-era" => DUAL_ERA.store(true, Ordering::Relaxed),
             "--host" => host = Some(value("--host")?),
             "--port" => {
                 let v = value("--port")?;
@@ -342,6 +352,8 @@ struct SessionState {
     /// HTTP only: SSE streams that a client may still resume, by stream id.
     streams: HashMap<u64, Arc<StreamLog>>,
     next_stream_id: u64,
+    /// A 2026-07-28 request's own session: no resumable streams, nothing outlives the request.
+    stateless: bool,
 }
 
 impl Session {
@@ -356,6 +368,7 @@ impl Session {
                 pending: HashMap::new(),
                 streams: HashMap::new(),
                 next_stream_id: 0,
+                stateless: false,
             }),
             next_outgoing_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
@@ -423,7 +436,8 @@ impl Session {
     /// Whether SSE streams of this session start with a priming event, which
     /// is what lets a client resume a stream the server closed early.
     fn resumable(&self) -> bool {
-        self.lock().protocol_version.as_str() >= PRIMING_VERSION
+        let state = self.lock();
+        !state.stateless && state.protocol_version.as_str() >= PRIMING_VERSION
     }
 
     fn open_stream(&self) -> Arc<StreamLog> {
@@ -467,6 +481,8 @@ struct Ctx<'a> {
     outlet: &'a dyn Outlet,
     cancelled: Arc<AtomicBool>,
     progress_token: Option<Value>,
+    /// A 2026-07-28 request: questions to the client become an input_required round.
+    rounds: Option<&'a modern::Rounds>,
 }
 
 impl Ctx<'_> {
@@ -521,6 +537,9 @@ impl Ctx<'_> {
 
     /// Sends a request to the client and waits for its answer.
     fn request(&self, method: &str, params: Value) -> Result<Value, String> {
+        if let Some(rounds) = self.rounds {
+            return rounds.question(self.session, None, method, params);
+        }
         let asked = self.ask(None, method, params);
         self.wait(asked, method)
     }
@@ -528,12 +547,23 @@ impl Ctx<'_> {
     /// As `request`, with the request id `name` (unless a request by that name is already
     /// waiting): a gateway in front of a stateless client names the question after it.
     fn request_as(&self, name: &str, method: &str, params: Value) -> Result<Value, String> {
+        if let Some(rounds) = self.rounds {
+            return rounds.question(self.session, Some(name), method, params);
+        }
         let asked = self.ask(Some(name), method, params);
         self.wait(asked, method)
     }
 
     /// Sends several named requests to the client at once, then waits for every answer.
     fn request_all(&self, requests: Vec<(&str, &str, Value)>) -> Vec<Result<Value, String>> {
+        if let Some(rounds) = self.rounds {
+            return requests
+                .into_iter()
+                .map(|(name, method, params)| {
+                    rounds.question(self.session, Some(name), method, params)
+                })
+                .collect();
+        }
         let mut messages = Vec::new();
         let asked: Vec<_> = requests
             .into_iter()
@@ -711,19 +741,29 @@ fn initialize(session: &Session, params: &Value) -> Value {
     }
     json!({
         "protocolVersion": version,
-        "capabilities": {
-            "tools": { "listChanged": true },
-            "resources": { "subscribe": true, "listChanged": true },
-            "prompts": { "listChanged": true },
-            "logging": {},
-            "completions": {},
-        },
-        "serverInfo": {
-            "name": SERVER_NAME,
-            "title": "mcplex demo server",
-            "version": env!("CARGO_PKG_VERSION"),
-        },
-        "instructions": "Demo server for mcplex: try the echo, add, slow and fail tools.",
+        "capabilities": server_capabilities(),
+        "serverInfo": server_info(),
+        "instructions": INSTRUCTIONS,
+    })
+}
+
+const INSTRUCTIONS: &str = "Demo server for mcplex: try the echo, add, slow and fail tools.";
+
+fn server_capabilities() -> Value {
+    json!({
+        "tools": { "listChanged": true },
+        "resources": { "subscribe": true, "listChanged": true },
+        "prompts": { "listChanged": true },
+        "logging": {},
+        "completions": {},
+    })
+}
+
+fn server_info() -> Value {
+    json!({
+        "name": SERVER_NAME,
+        "title": "mcplex demo server",
+        "version": env!("CARGO_PKG_VERSION"),
     })
 }
 
@@ -1008,6 +1048,24 @@ fn call_tool(ctx: &Ctx, params: &Value) -> Result<Value, RpcError> {
         Some(args @ Value::Object(_)) => args,
         Some(_) => return Err(RpcError::invalid_params("\"arguments\" must be an object")),
     };
+    // Arguments a tool cannot use are the tool's error (isError), which the model can read
+    // and correct; only an unknown tool is a protocol error.
+    match run_tool(ctx, name, args) {
+        Err(err) if err.code == INVALID_PARAMS && err.data.is_none() => {
+            Ok(tool_error(&err.message))
+        }
+        outcome => outcome,
+    }
+}
+
+fn unknown_tool(name: &str) -> RpcError {
+    RpcError {
+        data: Some(json!({ "name": name })),
+        ..RpcError::invalid_params(format!("Unknown tool: {name}"))
+    }
+}
+
+fn run_tool(ctx: &Ctx, name: &str, args: &Value) -> Result<Value, RpcError> {
     match name {
         "echo" => Ok(tool_text(required_str(args, "message")?)),
         "add" => add_tool(args),
@@ -1037,7 +1095,12 @@ fn call_tool(ctx: &Ctx, params: &Value) -> Result<Value, RpcError> {
             let kind = name
                 .trim_start_matches("test_trigger_")
                 .trim_end_matches("_change");
-            ctx.notify(&format!("notifications/{kind}s/list_changed"), json!({}));
+            if ctx.rounds.is_some() {
+                // 2026-07-28: list changes reach the client's subscriptions/listen streams.
+                modern::broadcast_list_changed(kind);
+            } else {
+                ctx.notify(&format!("notifications/{kind}s/list_changed"), json!({}));
+            }
             Ok(tool_text(&format!("the {kind} list changed")))
         }
         "test_missing_capability" | "test_streaming_elicitation" => input_fixture(ctx, name),
@@ -1081,7 +1144,7 @@ fn call_tool(ctx: &Ctx, params: &Value) -> Result<Value, RpcError> {
         }
         _ => match extra_tool_number(name) {
             Some(_) => Ok(tool_text(name)),
-            None => Err(RpcError::invalid_params(format!("Unknown tool: {name}"))),
+            None => Err(unknown_tool(name)),
         },
     }
 }
@@ -1602,7 +1665,7 @@ fn input_fixture(ctx: &Ctx, name: &str) -> Result<Value, RpcError> {
                 .collect();
             format!("sampling {}, elicitation {}", said[0], said[1])
         }
-        _ => return Err(RpcError::invalid_params(format!("Unknown tool: {name}"))),
+        _ => return Err(unknown_tool(name)),
     };
     Ok(tool_text(&text))
 }
@@ -1752,6 +1815,13 @@ fn run_stdio() -> ExitCode {
                 continue;
             }
         };
+        if dual_era() && modern::is_modern(None, &message) {
+            if let Some(worker) = modern::stdio_request(&session, message) {
+                workers.push(worker);
+            }
+            workers.retain(|worker| !worker.is_finished());
+            continue;
+        }
         match classify(message) {
             Incoming::Request { id, method, params } => {
                 if let Some(worker) = stdio_request(&session, id, method, params) {
@@ -1801,6 +1871,7 @@ fn stdio_request(
                 outlet: &StdoutOutlet,
                 cancelled,
                 progress_token: progress_token(&params),
+                rounds: None,
             };
             let answer = respond(&ctx, &id, &method, &params);
             session.end_request(&id);
@@ -2309,12 +2380,22 @@ impl HttpServer {
         if path != "/mcp" {
             return reply.error(404, "Not Found: the MCP endpoint is /mcp");
         }
+        // In dual-era mode a POST's version header is checked against its body (`modern`).
+        let post_in_dual_era = dual_era() && request.method == "POST";
         if let Some(version) = request.header("mcp-protocol-version") {
-            if !SUPPORTED_VERSIONS.contains(&version) {
+            if !SUPPORTED_VERSIONS.contains(&version) && !post_in_dual_era {
                 return reply.error(400, "Bad Request: unsupported MCP-Protocol-Version");
             }
         }
+        let sessionless = request.header("mcp-session-id").is_none();
         match request.method.as_str() {
+            // 2026-07-28 has no GET stream and no session to delete.
+            "GET" | "DELETE" if dual_era() && sessionless => reply.send(
+                405,
+                &[("Allow", "POST")],
+                Some("text/plain"),
+                b"Method Not Allowed: without a session, MCP is served by POST\n",
+            ),
             "POST" => self.handle_post(reply, request),
             "GET" if self.no_streams => reply.send(
                 405,
@@ -2363,6 +2444,16 @@ impl HttpServer {
                 return reply.json(400, &error_response(&Value::Null, &err));
             }
         };
+        if dual_era() {
+            if modern::is_modern(request.header("mcp-protocol-version"), &message) {
+                return modern::http_post(reply, request, message);
+            }
+            if let Some(version) = request.header("mcp-protocol-version") {
+                if !SUPPORTED_VERSIONS.contains(&version) {
+                    return reply.error(400, "Bad Request: unsupported MCP-Protocol-Version");
+                }
+            }
+        }
         let incoming = classify(message);
         if let Incoming::Request { id, method, params } = &incoming {
             if method == "initialize" {
@@ -2402,10 +2493,11 @@ impl HttpServer {
                     outlet: &outlet,
                     cancelled: session.begin_request(&id),
                     progress_token: progress_token(&params),
+                    rounds: None,
                 };
                 let answer = respond(&ctx, &id, &method, &params);
                 session.end_request(&id);
-                outlet.finish(answer)
+                outlet.finish(200, answer)
             }
         }
     }
@@ -2596,11 +2688,11 @@ impl SseOutlet<'_> {
 
     /// Delivers the response (if not cancelled) and ends the exchange; says
     /// whether the connection can serve another request.
-    fn finish(self, answer: Option<Value>) -> io::Result<bool> {
+    fn finish(self, status: u16, answer: Option<Value>) -> io::Result<bool> {
         let reusable = self.reply.keep_alive && !self.broken.get();
         match self.state.into_inner() {
             SseState::Idle => match answer {
-                Some(answer) => self.reply.json(200, &answer),
+                Some(answer) => self.reply.json(status, &answer),
                 // Cancelled before anything was sent: an empty stream.
                 None => self.reply.send(200, &[], Some("text/event-stream"), b""),
             },
