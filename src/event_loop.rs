@@ -366,6 +366,10 @@ impl Gateway {
                     let events = self.links.send(link, &msg, headers, &mut reg);
                     self.link_events(events.into_iter().map(|e| (link, e)));
                 }
+                Action::Abandon { link, uid } => {
+                    let events = self.links.abandon(link, uid, &mut reg);
+                    self.link_events(events.into_iter().map(|e| (link, e)));
+                }
                 Action::Close { link } => self.links.close(link, &mut reg),
                 Action::Answer { conn, text } => self.answer(conn, text),
                 Action::Push { conn, session, msg } => self.push(conn, session, msg),

@@ -296,6 +296,7 @@ fn modern_post(
         input: Vec::new(),
         client_info: envelope.client_info,
         missing: Vec::new(),
+        offered: msg.pointer("/params/inputResponses").cloned(),
     };
     relay.modern_request(sk, id, msg, modern);
 }

@@ -53,6 +53,9 @@ pub enum Action {
         msg: Value,
         headers: Vec<(String, String)>,
     },
+    /// Stop waiting for request `uid` on an HTTP link: its response stream is closed (the
+    /// 2026-07-28 way to cancel a request over HTTP).
+    Abandon { link: LinkId, uid: u64 },
     /// Close a link (stdin EOF and a grace period; an HTTP session is DELETEd).
     Close { link: LinkId },
     /// One answer for the exchange on `conn` (None: a request that will get none, such as a
@@ -330,6 +333,10 @@ impl Relay {
                 http: !matches!(target.kind, TargetKind::Stdio(_)),
                 reprobed: false,
                 params: HashMap::new(),
+                watch: None,
+                watch_uris: Vec::new(),
+                watch_retry: None,
+                watch_failures: 0,
             };
             match self.health.backing_off(&backend.name, &target.name) {
                 Some(why) => slot.state = TargetState::Failed(why),
@@ -506,6 +513,8 @@ impl Relay {
             slot.state = TargetState::Failed(why.to_string());
         }
         slot.init_result = None;
+        slot.watch = None;
+        slot.watch_retry = None;
         if let Some(link) = slot.link.take() {
             self.links.remove(&link);
             self.actions.push_back(Action::Close { link });
@@ -653,6 +662,14 @@ impl Relay {
         let Some(call) = s.calls.get_mut(&cid) else {
             return;
         };
+        // An answer the client gave before being asked (under the server's own id as key)
+        // needs no round, nor the capability a round would need.
+        let offered = call.modern.as_ref().and_then(|m| m.offered.as_ref());
+        let offered = id.as_str().and_then(|k| offered?.get(k));
+        if let Some(answer) = offered.filter(|a| answers(&method, a)) {
+            let answer = jsonrpc::result(id.clone(), answer.clone());
+            return drop(self.send(sk, t, answer));
+        }
         let able = call
             .modern
             .as_ref()
@@ -984,7 +1001,12 @@ impl Relay {
             return;
         };
         if s.targets.get(t).is_none_or(TargetSlot::modern) {
-            return;
+            let own = p
+                .as_ref()
+                .and_then(|p| p.get("uri"))
+                .and_then(Value::as_str);
+            let own = own.unwrap_or(uri).to_string();
+            return self.watch_uri(sk, t, &own, method == "resources/subscribe");
         }
         let timeout = self.limits.request_timeout;
         let _ = self.start_call(
@@ -1022,6 +1044,118 @@ impl Relay {
         for uri in gone {
             self.resource_subscription(sk, "resources/unsubscribe", &uri);
         }
+    }
+
+    /// Opens (or opens again, with the filter it needs now) the gateway's own
+    /// `subscriptions/listen` to modern target `t`: a modern server tells of changes only on
+    /// such a stream, so without it neither the session's clients nor the pool's list cache
+    /// would hear of them. It asks for what the target offers (`listChanged`, and the
+    /// resources the session's clients subscribed to); a listen it replaces is cancelled. It
+    /// is no call: no deadline, and it keeps nothing alive.
+    fn watch(&mut self, sk: u64, t: usize) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let envelope = era::envelope(s, None);
+        let uid = s.next_id;
+        let Some(slot) = s.targets.get_mut(t) else {
+            return;
+        };
+        if !slot.modern() || slot.state != TargetState::Ready {
+            return;
+        }
+        slot.watch_retry = None;
+        let caps = slot
+            .init_result
+            .as_ref()
+            .and_then(|r| r.get("capabilities"));
+        let offers = |p: &str| caps.and_then(|c| c.pointer(p)) == Some(&Value::Bool(true));
+        let mut filter = serde_json::Map::new();
+        for (flag, key) in [
+            ("/tools/listChanged", "toolsListChanged"),
+            ("/prompts/listChanged", "promptsListChanged"),
+            ("/resources/listChanged", "resourcesListChanged"),
+        ] {
+            if offers(flag) {
+                filter.insert(key.into(), true.into());
+            }
+        }
+        if offers("/resources/subscribe") && !slot.watch_uris.is_empty() {
+            filter.insert("resourceSubscriptions".into(), json!(slot.watch_uris));
+        }
+        let old = slot.watch.take();
+        if !filter.is_empty() {
+            slot.watch = Some(uid);
+            s.next_id += 1;
+        }
+        if let Some(old) = old {
+            let n = jsonrpc::notification(
+                "notifications/cancelled",
+                Some(json!({"requestId": old, "reason": "listen replaced"})),
+            );
+            let _ = self.send(sk, t, n);
+        }
+        if filter.is_empty() {
+            return;
+        }
+        let mut params = Some(json!({ "notifications": filter }));
+        era::stamp(&mut params, &envelope);
+        let req = jsonrpc::request(json!(uid), "subscriptions/listen", params);
+        if let Err(why) = self.send(sk, t, req) {
+            self.watch_ended(sk, t, uid, &why);
+        }
+    }
+
+    /// The gateway's listen to target `t` ended (an answer, an error, a broken stream, the
+    /// server's `notifications/cancelled`). It is opened again a little later, unless the
+    /// target refused it.
+    fn watch_ended(&mut self, sk: u64, t: usize, uid: u64, why: &str) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        let id = short_id(&s.id).to_string();
+        let Some(slot) = s.targets.get_mut(t).filter(|x| x.watch == Some(uid)) else {
+            return;
+        };
+        slot.watch = None;
+        if why.starts_with("refused") {
+            return log!("[{id}] target {}: listen {why}", slot.name);
+        }
+        let delay = WATCH_RETRY * (1 << slot.watch_failures.min(5));
+        slot.watch_failures = slot.watch_failures.saturating_add(1);
+        slot.watch_retry = Some(Instant::now() + delay);
+        match why {
+            "" => log!(
+                "[{id}] target {}: listen ended; opening it again",
+                slot.name
+            ),
+            why => log!(
+                "[{id}] target {}: listen failed ({why}); retrying",
+                slot.name
+            ),
+        }
+    }
+
+    /// A client subscribed to (or unsubscribed from) resource `uri` of modern target `t`
+    /// (the target's own URI): that target has no `resources/subscribe`; its listen is
+    /// opened again with the new set.
+    fn watch_uri(&mut self, sk: u64, t: usize, uri: &str, on: bool) {
+        let Some(slot) = self
+            .sessions
+            .get_mut(&sk)
+            .and_then(|s| s.targets.get_mut(t))
+        else {
+            return;
+        };
+        let had = slot.watch_uris.iter().position(|u| u == uri);
+        match (on, had) {
+            (true, None) if slot.watch_uris.len() < MAX_LISTEN_URIS => {
+                slot.watch_uris.push(uri.to_string())
+            }
+            (false, Some(i)) => drop(slot.watch_uris.swap_remove(i)),
+            _ => return,
+        }
+        self.watch(sk, t);
     }
 
     /// A change notification from a pool's target: to every listen whose accepted filter
@@ -1136,6 +1270,26 @@ impl Relay {
                     let why = format!("target {} is unavailable: {why}", s.naming.targets[t]);
                     return refuse(self, jsonrpc::UPSTREAM_ERROR, &why);
                 }
+                let slot = s.targets.get(t);
+                let subscribable = slot
+                    .and_then(|x| x.init_result.as_ref())
+                    .and_then(|r| r.pointer("/capabilities/resources/subscribe")?.as_bool());
+                let on = method == "resources/subscribe";
+                let uri = p
+                    .as_ref()
+                    .and_then(|p| p.get("uri"))
+                    .and_then(Value::as_str);
+                if let (Some(uri), true, Some(true)) = (
+                    uri.filter(|_| on || method == "resources/unsubscribe"),
+                    slot.is_some_and(TargetSlot::modern),
+                    subscribable,
+                ) {
+                    // A modern target has no such method: its listen subscribes instead.
+                    let uri = uri.to_string();
+                    self.watch_uri(sk, t, &uri, on);
+                    metrics::with(|m| m.request(&method, gateway, Outcome::Ok, Duration::ZERO));
+                    return self.reply(Some(conn), jsonrpc::result(client_id, json!({})));
+                }
                 if method == "logging/setLevel" && s.targets.get(t).is_some_and(TargetSlot::modern)
                 {
                     // Kept above; a modern target takes the level with each request.
@@ -1245,11 +1399,15 @@ impl Relay {
                 if m == "notifications/initialized" {
                     s.phase = Phase::Ready;
                 }
+                let initialized = m == "notifications/initialized";
                 let ready: Vec<usize> = (0..s.targets.len())
                     .filter(|&t| s.targets[t].state == TargetState::Ready)
                     .collect();
                 for t in ready {
                     let _ = self.send(sk, t, msg.clone());
+                    if initialized {
+                        self.watch(sk, t);
+                    }
                 }
             }
         }
@@ -1489,6 +1647,13 @@ impl Relay {
         // A modern target has no session to be told about, and over HTTP no way to take a
         // notification at all (a call is cancelled there by closing its stream).
         let note = msg.get("id").is_none();
+        if note && slot.modern() && slot.http && jsonrpc::method(&msg) == "notifications/cancelled"
+        {
+            if let Some(uid) = msg.pointer("/params/requestId").and_then(Value::as_u64) {
+                self.push(Action::Abandon { link, uid });
+            }
+            return Ok(());
+        }
         if note && slot.modern() && (slot.http || era::session_notification(jsonrpc::method(&msg)))
         {
             return Ok(());
@@ -2020,6 +2185,9 @@ impl Relay {
                 let Some(s) = self.sessions.get_mut(&sk) else {
                     return;
                 };
+                if s.targets.get(t).is_some_and(|x| x.watch == Some(uid)) {
+                    return self.watch_ended(sk, t, uid, &why);
+                }
                 let label = s.targets.get(t).map_or(s.metric_all, |x| x.metric);
                 metrics::with(|m| m.upstream_error(label, UpstreamError::Request));
                 let Some(cid) = s.upstream.remove(&uid) else {
@@ -2135,6 +2303,13 @@ impl Relay {
                 let Some(uid) = msg.get("id").and_then(Value::as_u64) else {
                     return;
                 };
+                if s.targets.get(t).is_some_and(|x| x.watch == Some(uid)) {
+                    let why = match msg.pointer("/error/message").and_then(Value::as_str) {
+                        Some(e) => format!("refused: {e}"),
+                        None => String::new(),
+                    };
+                    return self.watch_ended(sk, t, uid, &why);
+                }
                 let Some(&cid) = s.upstream.get(&uid) else {
                     return; // late answer to a cancelled or timed-out request
                 };
@@ -2176,6 +2351,35 @@ impl Relay {
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
         };
+        // What comes on the gateway's own listen is tagged with it: the tag is the
+        // gateway's, not the client's (a pool's listens get their own).
+        let meta = msg
+            .pointer_mut("/params/_meta")
+            .and_then(Value::as_object_mut);
+        if let Some(meta) = meta.filter(|m| m.contains_key(super::META_SUBSCRIPTION_ID)) {
+            meta.remove(super::META_SUBSCRIPTION_ID);
+            if meta.is_empty() {
+                if let Some(p) = msg.get_mut("params").and_then(Value::as_object_mut) {
+                    p.remove("_meta");
+                }
+            }
+        }
+        let watch = s.targets.get(t).and_then(|x| x.watch);
+        match jsonrpc::method(&msg) {
+            "notifications/subscriptions/acknowledged" => {
+                if let Some(slot) = s.targets.get_mut(t) {
+                    slot.watch_failures = 0;
+                }
+                return;
+            }
+            "notifications/cancelled"
+                if watch.is_some()
+                    && msg.pointer("/params/requestId").and_then(Value::as_u64) == watch =>
+            {
+                return self.watch_ended(sk, t, watch.unwrap_or_default(), "");
+            }
+            _ => {}
+        }
         let mut hint = Hint::Target(t);
         match jsonrpc::method(&msg) {
             "notifications/progress" => {
@@ -2306,6 +2510,19 @@ impl Relay {
         for (sk, cid) in late {
             self.call_timeout(sk, cid);
         }
+        let rewatch: Vec<(u64, usize)> = self
+            .sessions
+            .iter()
+            .flat_map(|(&sk, s)| {
+                let due = |x: &TargetSlot| x.watch_retry.is_some_and(|d| d <= now);
+                (0..s.targets.len())
+                    .filter(move |&t| due(&s.targets[t]))
+                    .map(move |t| (sk, t))
+            })
+            .collect();
+        for (sk, t) in rewatch {
+            self.watch(sk, t);
+        }
         let probing: Vec<u64> = self
             .sessions
             .iter()
@@ -2337,6 +2554,9 @@ fn signer_for(limits: &Limits) -> Signer {
 /// How long a pool serves a merged list page from memory when no target says it changed.
 /// Lists from servers that never send `list_changed` are at most this stale.
 const LIST_CACHE_TTL: Duration = Duration::from_secs(30);
+/// How long after the gateway's own listen to a modern target ended it is opened again.
+const WATCH_RETRY: Duration = Duration::from_secs(2);
+
 /// Resource URIs one `subscriptions/listen` may subscribe to.
 const MAX_LISTEN_URIS: usize = 256;
 /// Merged list pages a pool keeps.

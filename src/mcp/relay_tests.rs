@@ -614,6 +614,7 @@ fn modern_ctx() -> Modern {
         input: Vec::new(),
         client_info: None,
         missing: Vec::new(),
+        offered: None,
     }
 }
 

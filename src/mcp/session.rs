@@ -42,6 +42,15 @@ pub struct TargetSlot {
     /// A modern HTTP target's tools whose arguments travel as `Mcp-Param-*` headers too (from
     /// the `x-mcp-header` marks in its last `tools/list`), by the target's own tool name.
     pub params: HashMap<String, Vec<super::params::Binding>>,
+    /// A modern target's change notifications: the id of the gateway's own
+    /// `subscriptions/listen` to it while that is open.
+    pub watch: Option<u64>,
+    /// The target's own resource URIs that listen subscribes to (for the session's clients).
+    pub watch_uris: Vec<String>,
+    /// The listen ended: when to open it again.
+    pub watch_retry: Option<Instant>,
+    /// Listens that ended in a row before being acknowledged (the retry delay doubles).
+    pub watch_failures: u8,
 }
 
 impl TargetSlot {
@@ -88,6 +97,10 @@ pub struct Modern {
     /// Capabilities the server needed in this round and the client did not declare (the
     /// server was told no). A round with nothing else to ask fails the call with them.
     pub missing: Vec<&'static str>,
+    /// The request's own `inputResponses`: answers a client may give before it is asked
+    /// (keyed as the server's question will be); a legacy server's question they answer
+    /// is answered at once, without a round.
+    pub offered: Option<Value>,
 }
 
 /// One server request put to a stateless client in an input round.

@@ -260,6 +260,20 @@ impl HttpTarget {
         }
     }
 
+    /// Forgets request `uid`: queued, it is dropped; in flight, its connection is closed
+    /// (the server sees its response stream end). Nothing is reported for it.
+    pub fn abandon(&mut self, reg: &mut dyn Registrar, uid: u64, out: &mut Vec<LinkEvent>) {
+        self.queue.retain(|o| o.request_id != Some(uid));
+        let busy = self.conns.iter().find(|(_, c)| match &c.state {
+            State::Busy(ex) => ex.out.request_id == Some(uid) && ex.out.kind != Kind::Stream,
+            State::Idle(_) => false,
+        });
+        if let Some(token) = busy.map(|(t, _)| *t) {
+            self.drop_conn(reg, token);
+            self.pump(reg, out);
+        }
+    }
+
     fn dispatch(&mut self, reg: &mut dyn Registrar, o: Outgoing, out: &mut Vec<LinkEvent>) {
         if o.kind == Kind::Post && self.post_path.is_none() {
             // Legacy: no endpoint announced yet.

@@ -267,6 +267,16 @@ impl Links {
         events
     }
 
+    /// Stops waiting for request `uid` on an HTTP link (its connection is closed, or it is
+    /// taken out of the queue); a stdio link is told with `notifications/cancelled` instead.
+    pub fn abandon(&mut self, id: LinkId, uid: u64, reg: &mut dyn LinkRegistry) -> Vec<LinkEvent> {
+        let mut events = Vec::new();
+        if let Some(Transport::Http(http)) = self.map.get_mut(&id).map(|l| &mut l.transport) {
+            http.abandon(&mut ForLink { reg, link: id }, uid, &mut events);
+        }
+        events
+    }
+
     /// Closes a link: a child's pipes are let go (its stdin EOF tells it to exit) and it is
     /// killed after a grace period; an HTTP session is DELETEd upstream.
     pub fn close(&mut self, id: LinkId, reg: &mut dyn LinkRegistry) {

@@ -138,10 +138,34 @@ def _direct(demo_http, tmp_path: Path) -> dict[str, Scenario]:
     return _RUNS["direct"]
 
 
+# Checks the direct demo passes cleanly that a gateway run may only warn on, with why.
+# In front of a legacy server, a question is keyed by the server's own request id: the legacy
+# demo names its elicitation `user_name` unless a question of that name is still pending on the
+# child, and the suite's earlier missing-input-response scenario leaves one parked there (its
+# client never retries), so the later call's early answer under `user_name` matches nothing.
+MAY_WARN = {
+    "gw/stdio": {"sep-2322-ignore-unexpected-params"},
+    "gw/mcp": {"sep-2322-ignore-unexpected-params"},
+}
+
+
 def _gateway_scores_what_direct_scores(label: str, results: dict[str, Scenario]) -> None:
     direct = _RUNS["direct"]
     behind = sorted(n for n, r in direct.items() if r.passed and not (n in results and results[n].passed))
     assert not behind, f"scenarios the direct demo passes but {LABELS[label]} does not: {behind}"
+    # Check by check, too: what passes directly passes through the gateway, warnings included
+    # (e.g. change notifications on subscriptions/listen from a modern upstream).
+    status = {(n, c.get("id")): c.get("status") for n, r in results.items() for c in r.checks}
+    worse = sorted(
+        f"{n}/{c.get('id')}: {status.get((n, c.get('id')), 'missing')}"
+        for n, r in direct.items()
+        if n not in _UNSCORED
+        for c in r.checks
+        if c.get("status") == "SUCCESS"
+        and status.get((n, c.get("id"))) != "SUCCESS"
+        and c.get("id") not in MAY_WARN.get(label, set())
+    )
+    assert not worse, f"checks the direct demo passes but {LABELS[label]} does not: {worse}"
 
 
 def test_modern_conformance_directly_against_the_dual_era_demo(demo_http, tmp_path):
