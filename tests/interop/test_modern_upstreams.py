@@ -167,3 +167,38 @@ def test_era_legacy_skips_the_probe(gateway):
 
     _run(gw.mcp, "legacy", body)
     assert "speaks 2026-07-28" not in gw.log(), gw.log()
+
+
+@pytest.mark.parametrize("transport", ["stdio", "mcp"])
+def test_legacy_client_hears_a_modern_servers_list_changes(gateway, demo_http, transport):
+    """A 2026-07-28 server tells of changes only on a subscriptions/listen stream: the gateway
+    holds one on the dual-era demo, and its list_changed reaches a legacy client's session."""
+    if transport == "stdio":
+        target = demo_target("demo", args=["--dual-era"])
+    else:
+        target = mcp_target("demo", demo_http("--dual-era").mcp)
+    gw = gateway(_config(target))
+    heard: list[str] = []
+    changed = anyio.Event()
+
+    async def on_message(m: Any) -> None:
+        root = getattr(m, "root", m)
+        method = getattr(root, "method", "")
+        heard.append(method or type(root).__name__)
+        if method == "notifications/tools/list_changed":
+            changed.set()
+
+    async def main() -> None:
+        async with Client(gw.mcp, mode="legacy", read_timeout_seconds=STEP_TIMEOUT_S, message_handler=on_message) as c:
+            await step("tools/list", c.list_tools())
+            r = await step("trigger", c.call_tool("test_trigger_tool_change", {}))
+            assert "changed" in text_of(r.content), r
+            with anyio.fail_after(10):
+                await changed.wait()
+
+    try:
+        anyio.run(main)
+    except TimeoutError:
+        pytest.fail(f"no tools/list_changed reached the legacy client; it heard {heard}\n{gw.log()[-3000:]}")
+    assert "target demo speaks 2026-07-28" in gw.log(), gw.log()
+    assert "listen failed" not in gw.log(), gw.log()
