@@ -20,9 +20,11 @@ const LIMITS: Limits = Limits {
 fuzz_target!(|data: &[u8]| {
     // As a request: parsed, then, when its body is one JSON-RPC message, checked.
     if let Ok(Status::Complete(req, _)) = parse_request(data, &LIMITS) {
-        if let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&req.body) {
+        if let Ok(mut msg) = serde_json::from_slice::<serde_json::Value>(&req.body) {
             if modern::is_modern(&req, &msg) {
-                let _ = modern::check(&req, &msg);
+                if let Ok(mut env) = modern::check(&req, &msg) {
+                    modern::take_envelope(&mut msg, &mut env);
+                }
             }
         }
         if let Some(v) = req.header("mcp-name") {

@@ -5,6 +5,7 @@
 use super::Reply;
 use crate::http::parse::Request;
 use crate::jsonrpc;
+use crate::jsonrpc::Path;
 use crate::mcp::{ALL_VERSIONS, META_PROTOCOL_VERSION, MODERN_VERSION};
 use crate::mcp::{META_CLIENT_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL};
 use serde_json::{json, Value};
@@ -26,11 +27,11 @@ pub struct Envelope {
 /// calling a method its revision removed.
 pub fn is_modern(req: &Request, msg: &Value) -> bool {
     let enveloped = msg
-        .pointer("/params/_meta")
+        .at("/params/_meta")
         .and_then(Value::as_object)
         .is_some_and(|m| m.contains_key(META_PROTOCOL_VERSION));
     if jsonrpc::method(msg) == "initialize" {
-        return enveloped && msg.pointer("/params/protocolVersion").is_none();
+        return enveloped && msg.at("/params/protocolVersion").is_none();
     }
     enveloped || req.header("mcp-protocol-version") == Some(MODERN_VERSION)
 }
@@ -73,7 +74,7 @@ pub fn name_param(method: &str) -> Option<&'static str> {
 
 /// The checks a modern request passes before it is served. Err: the 400 to answer with.
 pub fn check(req: &Request, msg: &Value) -> Result<Envelope, Reply> {
-    let meta = msg.pointer("/params/_meta").and_then(Value::as_object);
+    let meta = msg.at("/params/_meta").and_then(Value::as_object);
     let missing: Vec<&str> = [META_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES]
         .into_iter()
         .filter(|k| !meta.is_some_and(|m| m.contains_key(*k)))
@@ -87,7 +88,7 @@ pub fn check(req: &Request, msg: &Value) -> Result<Envelope, Reply> {
     };
     let version = meta.get(META_PROTOCOL_VERSION).and_then(Value::as_str);
     let capabilities = meta.get(META_CLIENT_CAPABILITIES).filter(|c| c.is_object());
-    let (Some(version), Some(capabilities)) = (version, capabilities) else {
+    let (Some(version), Some(_)) = (version, capabilities) else {
         let why = "params._meta: the protocol version must be a string and the client capabilities an object";
         return Err(refuse(msg, jsonrpc::INVALID_PARAMS, why, None));
     };
@@ -103,9 +104,7 @@ pub fn check(req: &Request, msg: &Value) -> Result<Envelope, Reply> {
         return mismatch("Mcp-Method");
     }
     if let Some(key) = name_param(method) {
-        let body = msg
-            .pointer(&format!("/params/{key}"))
-            .and_then(Value::as_str);
+        let body = msg.at(&format!("/params/{key}")).and_then(Value::as_str);
         let header = req.header("mcp-name").map(decode_header_value);
         if body.is_some() && header.as_deref() != body {
             return mismatch("Mcp-Name");
@@ -126,10 +125,31 @@ pub fn check(req: &Request, msg: &Value) -> Result<Envelope, Reply> {
         .map(str::to_string);
     Ok(Envelope {
         version: version.to_string(),
-        capabilities: capabilities.clone(),
-        client_info: meta.get(META_CLIENT_INFO).cloned(),
+        // Moved out of the message by `take_envelope`, not copied.
+        capabilities: Value::Null,
+        client_info: None,
         log_level,
     })
+}
+
+/// Takes the checked envelope out of a modern request: the client's capabilities and
+/// `clientInfo` move into `env`, and every `io.modelcontextprotocol/` key leaves `_meta` (a
+/// legacy upstream gets none of it; a modern one gets the envelope rebuilt from `env`).
+pub fn take_envelope(msg: &mut Value, env: &mut Envelope) {
+    let Some(params) = msg.get_mut("params").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let Some(Value::Object(meta)) = params.get_mut("_meta") else {
+        return;
+    };
+    if let Some(c) = meta.remove(META_CLIENT_CAPABILITIES) {
+        env.capabilities = c;
+    }
+    env.client_info = meta.remove(META_CLIENT_INFO);
+    meta.retain(|k, _| !k.starts_with(crate::mcp::META_PREFIX));
+    if meta.is_empty() {
+        params.remove("_meta");
+    }
 }
 
 /// A header value as the revision encodes non-ASCII ones: `=?base64?<base64>?=`, else as it

@@ -9,6 +9,7 @@ use super::{check_post_accept, decide, modern, post_body, Decision, Op, Reply};
 use crate::config::{Config, Route};
 use crate::downstream::{AccessEntry, Conn, ConnState, Exchange};
 use crate::http::parse::Request;
+use crate::jsonrpc::Path;
 use crate::jsonrpc::{self, Kind};
 use crate::log::{self, short_id};
 use crate::mcp;
@@ -254,10 +255,12 @@ fn modern_post(
     route: &Route,
     keep: bool,
 ) {
-    let envelope = match modern::check(req, &msg) {
+    let mut envelope = match modern::check(req, &msg) {
         Ok(e) => e,
         Err(r) => return respond(c, r, keep),
     };
+    let mut msg = msg;
+    modern::take_envelope(&mut msg, &mut envelope);
     match jsonrpc::classify(&msg) {
         Ok(Kind::Request) => {}
         // Nothing to say back; a stateless client cancels by closing its reply stream.
@@ -286,17 +289,17 @@ fn modern_post(
     });
     c.chunked = req.minor_version > 0;
     let name = modern::name_param(method)
-        .and_then(|k| msg.pointer(&format!("/params/{k}")))
+        .and_then(|k| msg.at(&format!("/params/{k}")))
         .and_then(Value::as_str)
         .unwrap_or("");
     let modern = Modern {
         log_level: envelope.log_level,
         capabilities: envelope.capabilities,
-        binding: crate::mcp::state::binding(method, name),
+        subject: (method.to_string(), name.to_string()),
         input: Vec::new(),
         client_info: envelope.client_info,
         missing: Vec::new(),
-        offered: msg.pointer("/params/inputResponses").cloned(),
+        offered: msg.at("/params/inputResponses").cloned(),
     };
     relay.modern_request(sk, id, msg, modern);
 }
@@ -322,7 +325,7 @@ fn begin_session(
     }
     let client_id = msg.get("id").cloned().unwrap_or(Value::Null);
     if msg
-        .pointer("/params/protocolVersion")
+        .at("/params/protocolVersion")
         .and_then(Value::as_str)
         .is_none()
     {

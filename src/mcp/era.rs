@@ -6,6 +6,7 @@
 use super::session::{Modern, Session};
 use super::{META_CLIENT_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL, META_PROTOCOL_VERSION};
 use super::{META_SERVER_INFO, MODERN_VERSION};
+use crate::jsonrpc::Path;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ pub fn probe_outcome(answer: &Result<Value, Value>) -> Probe {
             if e.get("code").and_then(Value::as_i64)
                 == Some(crate::jsonrpc::UNSUPPORTED_VERSION) =>
         {
-            let supported = e.pointer("/data/supported").and_then(Value::as_array);
+            let supported = e.at("/data/supported").and_then(Value::as_array);
             match supported.is_some_and(|s| s.iter().any(|v| v.as_str() == Some(MODERN_VERSION))) {
                 true => Probe::Retry,
                 false => Probe::Legacy,
@@ -143,14 +144,14 @@ pub fn http_headers(
         ("Mcp-Method".to_string(), method.to_string()),
     ];
     let named = match method {
-        "tools/call" | "prompts/get" => msg.pointer("/params/name"),
-        "resources/read" => msg.pointer("/params/uri"),
+        "tools/call" | "prompts/get" => msg.at("/params/name"),
+        "resources/read" => msg.at("/params/uri"),
         _ => None,
     };
     if let Some(name) = named.and_then(Value::as_str) {
         h.push(("Mcp-Name".to_string(), super::params::encode(name)));
         if let (Some(b), "tools/call") = (params.get(name), method) {
-            let args = msg.pointer("/params/arguments").unwrap_or(&Value::Null);
+            let args = msg.at("/params/arguments").unwrap_or(&Value::Null);
             h.extend(super::params::headers(b, args));
         }
     }

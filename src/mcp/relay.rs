@@ -22,6 +22,7 @@ use super::session::{
 use super::state::{self, Resume, Signer};
 use crate::config::{BackendTls, Era, FailureMode, Limits, McpBackend, TargetKind};
 use crate::idmap::IdMap;
+use crate::jsonrpc::Path;
 use crate::jsonrpc::{self, Kind};
 use crate::log::short_id;
 use crate::metrics::{self, Outcome, UpstreamError};
@@ -781,7 +782,8 @@ impl Relay {
             pool: sk,
             call: cid,
         };
-        let token = self.signer.sign(resume, expires, &modern.binding);
+        let binding = state::binding(&modern.subject.0, &modern.subject.1);
+        let token = self.signer.sign(resume, expires, &binding);
         call.deadline = Instant::now() + ttl;
         let client_id = call.client_id.clone();
         s.by_client_id.remove(&jsonrpc::id_key(&client_id));
@@ -797,9 +799,10 @@ impl Relay {
     /// waiting requests, and the call, still running upstream, now answers this request.
     fn resume(&mut self, sk: u64, conn: ConnId, msg: &Value, modern: Modern, token: &str) {
         let id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let binding = state::binding(&modern.subject.0, &modern.subject.1);
         let found = self
             .signer
-            .verify(token, state::now_ms(), &modern.binding)
+            .verify(token, state::now_ms(), &binding)
             .map_err(|e| e.to_string())
             .and_then(|r| match self.siblings(sk).contains(&r.pool) {
                 true => Ok((r.pool, r.call)),
@@ -837,7 +840,7 @@ impl Relay {
         call.client_id = id.clone();
         call.modern = Some(modern);
         s.by_client_id.insert(jsonrpc::id_key(&id), cid);
-        let responses = msg.pointer("/params/inputResponses");
+        let responses = msg.at("/params/inputResponses");
         let mut missing = Vec::new();
         for input in asked {
             let method = input.request["method"].as_str().unwrap_or("");
@@ -882,7 +885,7 @@ impl Relay {
             return;
         }
         let id = msg.get("id").cloned().unwrap_or(Value::Null);
-        let state = msg.pointer("/params/requestState").and_then(Value::as_str);
+        let state = msg.at("/params/requestState").and_then(Value::as_str);
         if let Some(token) = state.filter(|t| Signer::is_ours(t)) {
             let token = token.to_string();
             return self.resume(sk, conn, &msg, modern, &token);
@@ -919,11 +922,11 @@ impl Relay {
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
         };
-        let want = msg.pointer("/params/notifications");
+        let want = msg.at("/params/notifications");
         let asked = |k: &str| want.and_then(|w| w.get(k)).and_then(Value::as_bool) == Some(true);
         let caps = s.merged.as_ref().and_then(|m| m.get("capabilities"));
         let can = |kind: &str, flag: &str| {
-            caps.and_then(|c| c.pointer(&format!("/{kind}/{flag}"))) == Some(&Value::Bool(true))
+            caps.and_then(|c| c.at(&format!("/{kind}/{flag}"))) == Some(&Value::Bool(true))
         };
         let uris: Vec<String> = match can("resources", "subscribe") {
             true => want
@@ -1069,7 +1072,7 @@ impl Relay {
             .init_result
             .as_ref()
             .and_then(|r| r.get("capabilities"));
-        let offers = |p: &str| caps.and_then(|c| c.pointer(p)) == Some(&Value::Bool(true));
+        let offers = |p: &str| caps.and_then(|c| c.at(p)) == Some(&Value::Bool(true));
         let mut filter = serde_json::Map::new();
         for (flag, key) in [
             ("/tools/listChanged", "toolsListChanged"),
@@ -1162,7 +1165,7 @@ impl Relay {
     /// covers it, tagged with that listen's id.
     fn notify_listens(&mut self, sk: u64, msg: &Value) {
         let method = jsonrpc::method(msg);
-        let uri = msg.pointer("/params/uri").and_then(Value::as_str);
+        let uri = msg.at("/params/uri").and_then(Value::as_str);
         let mut pushes = Vec::new();
         // Every pool of the backend runs the same servers: a change one of its children
         // reports reaches the listens of all of them.
@@ -1273,7 +1276,7 @@ impl Relay {
                 let slot = s.targets.get(t);
                 let subscribable = slot
                     .and_then(|x| x.init_result.as_ref())
-                    .and_then(|r| r.pointer("/capabilities/resources/subscribe")?.as_bool());
+                    .and_then(|r| r.at("/capabilities/resources/subscribe")?.as_bool());
                 let on = method == "resources/subscribe";
                 let uri = p
                     .as_ref()
@@ -1383,12 +1386,12 @@ impl Relay {
         };
         match jsonrpc::method(&msg) {
             "notifications/cancelled" => {
-                let Some(rid) = msg.pointer("/params/requestId") else {
+                let Some(rid) = msg.at("/params/requestId") else {
                     return;
                 };
                 if let Some(&call) = s.by_client_id.get(&jsonrpc::id_key(rid)) {
                     let reason = msg
-                        .pointer("/params/reason")
+                        .at("/params/reason")
                         .and_then(Value::as_str)
                         .unwrap_or("cancelled by the client");
                     let reason = reason.to_string();
@@ -1590,7 +1593,7 @@ impl Relay {
             // finds its call with one lookup and no target sees another's token.
             if let Some(tok) = params
                 .as_mut()
-                .and_then(|p| p.pointer_mut("/_meta/progressToken"))
+                .and_then(|p| p.at_mut("/_meta/progressToken"))
             {
                 progress = Some(std::mem::replace(tok, json!(uid)));
             }
@@ -1649,7 +1652,7 @@ impl Relay {
         let note = msg.get("id").is_none();
         if note && slot.modern() && slot.http && jsonrpc::method(&msg) == "notifications/cancelled"
         {
-            if let Some(uid) = msg.pointer("/params/requestId").and_then(Value::as_u64) {
+            if let Some(uid) = msg.at("/params/requestId").and_then(Value::as_u64) {
                 self.push(Action::Abandon { link, uid });
             }
             return Ok(());
@@ -2304,7 +2307,7 @@ impl Relay {
                     return;
                 };
                 if s.targets.get(t).is_some_and(|x| x.watch == Some(uid)) {
-                    let why = match msg.pointer("/error/message").and_then(Value::as_str) {
+                    let why = match msg.at("/error/message").and_then(Value::as_str) {
                         Some(e) => format!("refused: {e}"),
                         None => String::new(),
                     };
@@ -2353,9 +2356,7 @@ impl Relay {
         };
         // What comes on the gateway's own listen is tagged with it: the tag is the
         // gateway's, not the client's (a pool's listens get their own).
-        let meta = msg
-            .pointer_mut("/params/_meta")
-            .and_then(Value::as_object_mut);
+        let meta = msg.at_mut("/params/_meta").and_then(Value::as_object_mut);
         if let Some(meta) = meta.filter(|m| m.contains_key(super::META_SUBSCRIPTION_ID)) {
             meta.remove(super::META_SUBSCRIPTION_ID);
             if meta.is_empty() {
@@ -2374,7 +2375,7 @@ impl Relay {
             }
             "notifications/cancelled"
                 if watch.is_some()
-                    && msg.pointer("/params/requestId").and_then(Value::as_u64) == watch =>
+                    && msg.at("/params/requestId").and_then(Value::as_u64) == watch =>
             {
                 return self.watch_ended(sk, t, watch.unwrap_or_default(), "");
             }
@@ -2383,7 +2384,7 @@ impl Relay {
         let mut hint = Hint::Target(t);
         match jsonrpc::method(&msg) {
             "notifications/progress" => {
-                let Some(tok) = msg.pointer_mut("/params/progressToken") else {
+                let Some(tok) = msg.at_mut("/params/progressToken") else {
                     return;
                 };
                 let call = tok.as_u64().and_then(|u| s.upstream.get(&u)).copied();
@@ -2398,10 +2399,7 @@ impl Relay {
             }
             "notifications/cancelled" => {
                 // The target withdraws one of its requests to the client: translate its id.
-                let rid = msg
-                    .pointer("/params/requestId")
-                    .cloned()
-                    .unwrap_or(Value::Null);
+                let rid = msg.at("/params/requestId").cloned().unwrap_or(Value::Null);
                 let gid = s
                     .server_requests
                     .iter()
@@ -2414,7 +2412,7 @@ impl Relay {
                 msg["params"]["requestId"] = json!(gid);
             }
             "notifications/resources/updated" => {
-                if let Some(Value::String(u)) = msg.pointer_mut("/params/uri") {
+                if let Some(Value::String(u)) = msg.at_mut("/params/uri") {
                     *u = s.naming.prefix_uri(t, u);
                 }
             }
@@ -2620,7 +2618,7 @@ fn modernize_answer(method: &str, answer: &mut Value) {
     if let Some(r) = answer.get_mut("result") {
         shape_modern(method, r);
     }
-    if let Some(code) = answer.pointer_mut("/error/code") {
+    if let Some(code) = answer.at_mut("/error/code") {
         if code.as_i64() == Some(jsonrpc::RESOURCE_NOT_FOUND) {
             *code = jsonrpc::INVALID_PARAMS.into();
         }

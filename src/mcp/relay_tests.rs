@@ -610,7 +610,7 @@ fn modern_ctx() -> Modern {
     Modern {
         log_level: None,
         capabilities: json!({}),
-        binding: String::new(),
+        subject: Default::default(),
         input: Vec::new(),
         client_info: None,
         missing: Vec::new(),

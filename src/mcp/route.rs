@@ -1,6 +1,7 @@
 //! Names and URIs across targets: `<target>_<name>` for tools and prompts, `<target>+<uri>`
 //! for resource URIs that have a scheme (agentgateway's convention), and the way back.
 
+use crate::jsonrpc::Path;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -178,7 +179,7 @@ impl Naming {
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 (Space::Resource, "/uri")
             }
-            "completion/complete" => match p.pointer("/ref/type").and_then(Value::as_str) {
+            "completion/complete" => match p.at("/ref/type").and_then(Value::as_str) {
                 Some("ref/prompt") => (Space::Prompt, "/ref/name"),
                 Some("ref/resource") => (Space::Template, "/ref/uri"),
                 _ => {
@@ -193,7 +194,7 @@ impl Naming {
                 ))
             }
         };
-        let Some(Value::String(name)) = p.pointer_mut(pointer) else {
+        let Some(Value::String(name)) = p.at_mut(pointer) else {
             return Err(format!("missing {}", &pointer[1..]));
         };
         let (target, rest) = match space {

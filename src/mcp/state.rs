@@ -66,15 +66,22 @@ pub fn now_ms() -> u64 {
 /// What a state is bound to: the method and the name it acts on, hex-encoded (so the text
 /// form needs no escaping), shortened by a digest.
 pub fn binding(method: &str, name: &str) -> String {
-    let d = ring::digest::digest(
-        &ring::digest::SHA256,
-        format!("{method}\0{name}").as_bytes(),
-    );
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(method.as_bytes());
+    ctx.update(b"\0");
+    ctx.update(name.as_bytes());
+    let d = ctx.finish();
     hex(&d.as_ref()[..12])
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
 }
 
 impl Signer {
