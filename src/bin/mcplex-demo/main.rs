@@ -1532,48 +1532,43 @@ fn input_fixture(ctx: &Ctx, name: &str) -> Result<Value, RpcError> {
         }
     };
     let failed = |r: &Result<Value, String>| r.as_ref().err().cloned();
+    // One question under `key`, answered with a text (`Err`: the tool's error result).
+    let sampled = |key: &str, prompt: &str, max: u64| match ctx.request_as(
+        key,
+        "sampling/createMessage",
+        sample(prompt, max),
+    ) {
+        Ok(v) => Ok(format!("Sampled: {}", sampled_text(&v))),
+        Err(e) => Err(tool_error(&format!("sampling failed: {e}"))),
+    };
+    let named = |key: &str| {
+        let r = ctx.request_as(
+            key,
+            "elicitation/create",
+            form("What is your name?", "name", "string"),
+        );
+        match failed(&r) {
+            Some(e) => Err(tool_error(&format!("elicitation failed: {e}"))),
+            None => Ok(format!("Hello, {}!", field(&r, "name"))),
+        }
+    };
     let text = match name.trim_start_matches("test_input_required_result_") {
-        "test_missing_capability" => match ctx.request_as(
-            "needs_sampling",
-            "sampling/createMessage",
-            sample("Reply with one word", 10),
-        ) {
-            Ok(v) => format!("Sampled: {}", sampled_text(&v)),
-            Err(e) => return Ok(tool_error(&format!("sampling failed: {e}"))),
+        "test_missing_capability" => match sampled("needs_sampling", "Reply with one word", 10) {
+            Ok(t) => t,
+            Err(e) => return Ok(e),
         },
-        "test_streaming_elicitation" => {
-            let r = ctx.request_as(
-                "streamed_name",
-                "elicitation/create",
-                form("What is your name?", "name", "string"),
-            );
-            if let Some(e) = failed(&r) {
-                return Ok(tool_error(&format!("elicitation failed: {e}")));
-            }
-            format!("Hello, {}!", field(&r, "name"))
-        }
-        "sampling" => {
-            let r = ctx.request_as(
-                "capital_question",
-                "sampling/createMessage",
-                sample("What is the capital of France?", 100),
-            );
-            match r {
-                Ok(v) => format!("Sampled: {}", sampled_text(&v)),
-                Err(e) => return Ok(tool_error(&format!("sampling failed: {e}"))),
-            }
-        }
-        "elicitation" => {
-            let r = ctx.request_as(
-                "user_name",
-                "elicitation/create",
-                form("What is your name?", "name", "string"),
-            );
-            if let Some(e) = failed(&r) {
-                return Ok(tool_error(&format!("elicitation failed: {e}")));
-            }
-            format!("Hello, {}!", field(&r, "name"))
-        }
+        "test_streaming_elicitation" => match named("streamed_name") {
+            Ok(t) => t,
+            Err(e) => return Ok(e),
+        },
+        "sampling" => match sampled("capital_question", "What is the capital of France?", 100) {
+            Ok(t) => t,
+            Err(e) => return Ok(e),
+        },
+        "elicitation" => match named("user_name") {
+            Ok(t) => t,
+            Err(e) => return Ok(e),
+        },
         "list_roots" => match ctx.request_as("client_roots", "roots/list", json!({})) {
             Ok(v) => {
                 let uris: Vec<String> = v["roots"]
