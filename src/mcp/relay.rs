@@ -1059,14 +1059,18 @@ impl Relay {
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
         };
+        if !s
+            .targets
+            .get(t)
+            .is_some_and(|x| x.modern() && x.state == TargetState::Ready)
+        {
+            return; // (every target of a session is offered one, at initialization)
+        }
         let envelope = era::envelope(s, None);
         let uid = s.next_id;
         let Some(slot) = s.targets.get_mut(t) else {
             return;
         };
-        if !slot.modern() || slot.state != TargetState::Ready {
-            return;
-        }
         slot.watch_retry = None;
         let caps = slot
             .init_result
@@ -1105,14 +1109,14 @@ impl Relay {
         era::stamp(&mut params, &envelope);
         let req = jsonrpc::request(json!(uid), "subscriptions/listen", params);
         if let Err(why) = self.send(sk, t, req) {
-            self.watch_ended(sk, t, uid, &why);
+            self.watch_ended(sk, t, uid, WatchEnd::Failed(why));
         }
     }
 
     /// The gateway's listen to target `t` ended (an answer, an error, a broken stream, the
     /// server's `notifications/cancelled`). It is opened again a little later, unless the
     /// target refused it.
-    fn watch_ended(&mut self, sk: u64, t: usize, uid: u64, why: &str) {
+    fn watch_ended(&mut self, sk: u64, t: usize, uid: u64, end: WatchEnd) {
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
         };
@@ -1121,22 +1125,17 @@ impl Relay {
             return;
         };
         slot.watch = None;
-        if why.starts_with("refused") {
-            return log!("[{id}] target {}: listen {why}", slot.name);
+        let name = &slot.name;
+        match &end {
+            WatchEnd::Refused(why) => {
+                return log!("[{id}] target {name}: listen refused: {why}");
+            }
+            WatchEnd::Ended => log!("[{id}] target {name}: listen ended; opening it again"),
+            WatchEnd::Failed(why) => log!("[{id}] target {name}: listen failed ({why}); retrying"),
         }
         let delay = WATCH_RETRY * (1 << slot.watch_failures.min(5));
         slot.watch_failures = slot.watch_failures.saturating_add(1);
         slot.watch_retry = Some(Instant::now() + delay);
-        match why {
-            "" => log!(
-                "[{id}] target {}: listen ended; opening it again",
-                slot.name
-            ),
-            why => log!(
-                "[{id}] target {}: listen failed ({why}); retrying",
-                slot.name
-            ),
-        }
     }
 
     /// A client subscribed to (or unsubscribed from) resource `uri` of modern target `t`
@@ -2189,7 +2188,7 @@ impl Relay {
                     return;
                 };
                 if s.targets.get(t).is_some_and(|x| x.watch == Some(uid)) {
-                    return self.watch_ended(sk, t, uid, &why);
+                    return self.watch_ended(sk, t, uid, WatchEnd::Failed(why));
                 }
                 let label = s.targets.get(t).map_or(s.metric_all, |x| x.metric);
                 metrics::with(|m| m.upstream_error(label, UpstreamError::Request));
@@ -2307,11 +2306,16 @@ impl Relay {
                     return;
                 };
                 if s.targets.get(t).is_some_and(|x| x.watch == Some(uid)) {
-                    let why = match msg.at("/error/message").and_then(Value::as_str) {
-                        Some(e) => format!("refused: {e}"),
-                        None => String::new(),
+                    let end = match msg.get("error") {
+                        Some(e) => WatchEnd::Refused(
+                            e.get("message")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .into(),
+                        ),
+                        None => WatchEnd::Ended,
                     };
-                    return self.watch_ended(sk, t, uid, &why);
+                    return self.watch_ended(sk, t, uid, end);
                 }
                 let Some(&cid) = s.upstream.get(&uid) else {
                     return; // late answer to a cancelled or timed-out request
@@ -2377,7 +2381,7 @@ impl Relay {
                 if watch.is_some()
                     && msg.at("/params/requestId").and_then(Value::as_u64) == watch =>
             {
-                return self.watch_ended(sk, t, watch.unwrap_or_default(), "");
+                return self.watch_ended(sk, t, watch.unwrap_or_default(), WatchEnd::Ended);
             }
             _ => {}
         }
@@ -2552,6 +2556,16 @@ fn signer_for(limits: &Limits) -> Signer {
 /// How long a pool serves a merged list page from memory when no target says it changed.
 /// Lists from servers that never send `list_changed` are at most this stale.
 const LIST_CACHE_TTL: Duration = Duration::from_secs(30);
+/// How the gateway's own listen to a modern target ended (see `Relay::watch_ended`).
+enum WatchEnd {
+    /// The server's result or `notifications/cancelled`: open it again.
+    Ended,
+    /// The request or its stream failed: open it again, later each time.
+    Failed(String),
+    /// The server answered it with an error: it is not asked again.
+    Refused(String),
+}
+
 /// How long after the gateway's own listen to a modern target ended it is opened again.
 const WATCH_RETRY: Duration = Duration::from_secs(2);
 
