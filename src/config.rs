@@ -141,10 +141,192 @@ pub struct Route {
     /// Any one of these must match (none = every request).
     pub matches: Vec<RouteMatch>,
     pub backend: Rc<McpBackend>,
-    /// `backendTLS`: TLS (verified as configured) to this route's HTTP targets.
-    pub backend_tls: Option<Rc<BackendTls>>,
+    /// What the route's upstream traffic carries: TLS, credentials, headers, timeouts, retries.
+    pub policy: Rc<RoutePolicy>,
     /// `cors`: which browser origins may call this route.
     pub cors: Option<Rc<Cors>>,
+}
+
+/// A route's policies for its upstreams (agentgateway's route, backend and target
+/// `policies`, merged at load time).
+#[derive(Debug, Default)]
+pub struct RoutePolicy {
+    /// `backendTLS`, `backendAuth`, `requestHeaderModifier` of the route (and of its backend
+    /// entry): what every HTTP target of the route gets unless the target says otherwise.
+    pub upstream: UpstreamPolicy,
+    /// `timeout.requestTimeout`: a client's request through this route must be answered within
+    /// this (else `config.requestTimeout`).
+    pub request_timeout: Option<Duration>,
+    /// `timeout.backendRequestTimeout`: each HTTP request to an upstream (each attempt) must be
+    /// answered within this.
+    pub backend_timeout: Option<Duration>,
+    /// `retry`: failed upstream HTTP requests that are safe to repeat are sent again.
+    pub retry: Option<Retry>,
+    /// Some HTTP target of the route forwards the client's own credential
+    /// (`backendAuth: {passthrough: {}}`), so stateless requests share links only with
+    /// requests carrying the same credential.
+    pub passthrough: bool,
+}
+
+/// Backend policies for HTTP upstreams, at one level (route, backend or target).
+#[derive(Debug, Default, Clone)]
+pub struct UpstreamPolicy {
+    pub tls: Option<Rc<BackendTls>>,
+    pub auth: Option<BackendAuth>,
+    /// `requestHeaderModifier`, in the order the levels apply (route first, target last).
+    pub headers: Vec<HeaderOp>,
+}
+
+impl UpstreamPolicy {
+    /// This level with `top` (a more specific one) over it: its TLS and credentials win,
+    /// its header changes apply after these.
+    pub fn under(&self, top: &UpstreamPolicy) -> UpstreamPolicy {
+        UpstreamPolicy {
+            tls: top.tls.clone().or_else(|| self.tls.clone()),
+            auth: top.auth.clone().or_else(|| self.auth.clone()),
+            headers: self.headers.iter().chain(&top.headers).cloned().collect(),
+        }
+    }
+}
+
+/// How requests to an upstream authenticate (`backendAuth`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum BackendAuth {
+    /// `key`: header `header` carries `value` (by default `Authorization: Bearer <key>`).
+    Key { header: String, value: Secret },
+    /// `passthrough`: the client's own `Authorization` goes to this target: as it came, or
+    /// (with a `location`) its token under `header` after `prefix`.
+    Passthrough {
+        header: String,
+        prefix: Option<String>,
+        verbatim: bool,
+    },
+}
+
+impl fmt::Debug for BackendAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendAuth::Key { header, .. } => write!(f, "Key({header}: <redacted>)"),
+            BackendAuth::Passthrough { header, .. } => write!(f, "Passthrough({header})"),
+        }
+    }
+}
+
+/// One `requestHeaderModifier` change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderOp {
+    /// Another header of that name (kept beside any earlier one).
+    Add(String, String),
+    /// That header, replacing any earlier one.
+    Set(String, String),
+    Remove(String),
+}
+
+/// `retry`: how often a failed upstream request is tried, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts in all, the first included.
+    pub attempts: u8,
+    pub backoff: Duration,
+    /// HTTP statuses that count as a failure worth another attempt (besides a connection
+    /// that broke or timed out).
+    pub codes: Vec<u16>,
+}
+
+/// The most `retry.attempts`.
+pub const MAX_ATTEMPTS: u64 = 10;
+
+/// Headers a `requestHeaderModifier` cannot touch: HTTP framing and hop-by-hop headers, and
+/// the ones the gateway writes for the MCP transport.
+const RESERVED_HEADERS: [&str; 16] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-type",
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
+    "last-event-id",
+];
+
+/// What one link to an HTTP target sends, from the route's and the target's policies.
+#[derive(Debug, Clone, Default)]
+pub struct LinkPolicy {
+    pub tls: Option<Rc<BackendTls>>,
+    /// Headers on every request (the key of `backendAuth` among them).
+    pub headers: Vec<(String, String)>,
+    /// Where the client's credential goes (passthrough), if anywhere.
+    pub passthrough: Option<BackendAuth>,
+    pub timeout: Option<Duration>,
+    pub retry: Option<Retry>,
+}
+
+impl RoutePolicy {
+    /// The settings of a link to `target` on this route.
+    pub fn for_target(&self, target: &Target) -> LinkPolicy {
+        let up = self.upstream.under(&target.policies);
+        let mut headers: Vec<(String, String)> = Vec::new();
+        let set = |h: &mut Vec<(String, String)>, name: &str, value: &str| {
+            h.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            h.push((name.to_string(), value.to_string()));
+        };
+        for op in &up.headers {
+            match op {
+                HeaderOp::Add(n, v) => headers.push((n.clone(), v.clone())),
+                HeaderOp::Set(n, v) => set(&mut headers, n, v),
+                HeaderOp::Remove(n) => headers.retain(|(x, _)| !x.eq_ignore_ascii_case(n)),
+            }
+        }
+        let mut passthrough = None;
+        match &up.auth {
+            Some(BackendAuth::Key { header, value }) => {
+                set(&mut headers, header, &String::from_utf8_lossy(&value.0))
+            }
+            Some(p @ BackendAuth::Passthrough { header, .. }) => {
+                headers.retain(|(n, _)| !n.eq_ignore_ascii_case(header));
+                passthrough = Some(p.clone());
+            }
+            None => {}
+        }
+        LinkPolicy {
+            tls: up.tls,
+            headers,
+            passthrough,
+            timeout: self.backend_timeout,
+            retry: self.retry.clone(),
+        }
+    }
+}
+
+impl BackendAuth {
+    /// The header a client's `Authorization` value becomes under passthrough.
+    pub fn pass(&self, client: &str) -> Option<(String, String)> {
+        let BackendAuth::Passthrough {
+            header,
+            prefix,
+            verbatim,
+        } = self
+        else {
+            return None;
+        };
+        if *verbatim {
+            return Some((header.clone(), client.to_string()));
+        }
+        let token = match client.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+            _ => client.trim(),
+        };
+        let value = format!("{}{token}", prefix.as_deref().unwrap_or(""));
+        Some((header.clone(), value))
+    }
 }
 
 /// One entry of a route's `matches`: every condition given must hold.
@@ -264,6 +446,9 @@ pub struct McpBackend {
     pub targets: Vec<Target>,
     pub prefix_mode: PrefixMode,
     pub failure_mode: FailureMode,
+    /// `dnsRebindingProtection` on the backend: over `config.dnsRebindingProtection` for the
+    /// routes serving it.
+    pub dns_rebinding: Option<bool>,
     /// Most pools (sets of links, one per target) serving this backend's stateless requests
     /// at once (`pool: {max: N}`, an mcplex field).
     pub pool_max: usize,
@@ -290,6 +475,8 @@ pub struct Target {
     /// Which MCP revision the target speaks (`era:`, an mcplex field): found out once when
     /// `Auto`, else taken as said.
     pub era: Era,
+    /// The target's own `policies` (HTTP targets only), over the route's.
+    pub policies: UpstreamPolicy,
 }
 
 /// A target's protocol era.
@@ -495,7 +682,12 @@ impl Config {
 #[derive(Default)]
 struct Checker {
     errors: Vec<ConfigError>,
+    /// Named `host` backends (`backends: [{name, host, policies}]`), for targets naming them.
+    hosts: Vec<(String, String, UpstreamPolicy)>,
 }
+
+/// A named `mcp` backend and the `policies` it was given.
+type Named = (String, Rc<McpBackend>, UpstreamPolicy);
 
 /// A mapping being read: remembers which keys were used so the rest can be reported.
 struct Obj<'a> {
@@ -649,30 +841,48 @@ impl Checker {
         if let Some(c) = self.get(&mut o, "config") {
             self.settings(c, "config", &mut limits);
         }
-        let mut named: Vec<(String, Rc<McpBackend>)> = Vec::new();
-        for (path, b) in self.seq(&mut o, "backends") {
-            if let Some(mut bo) = self.obj(b, &path) {
+        let mut named: Vec<Named> = Vec::new();
+        let backends = self.seq(&mut o, "backends");
+        // `host` backends first: an `mcp` backend's targets may name them.
+        for (path, b) in &backends {
+            if let Some(host) = b.get("host").filter(|_| b.get("mcp").is_none()) {
+                self.host_backend(b, host, path);
+            }
+        }
+        for (path, b) in &backends {
+            if b.get("host").is_some() && b.get("mcp").is_none() {
+                continue;
+            }
+            if let Some(mut bo) = self.obj(b, path) {
                 let name = self.required_string(&mut bo, "name");
                 let backend = match self.get(&mut bo, "mcp") {
-                    Some(m) => self.mcp_backend(m, &join(&path, "mcp"), name.clone()),
+                    Some(m) => self.mcp_backend(m, &join(path, "mcp"), name.clone()),
                     None => {
-                        self.unsupported(&mut bo, "host");
-                        self.unsupported(&mut bo, "ai");
-                        if !self.errors.iter().any(|e| e.path.starts_with(&path)) {
-                            self.err(&path, "a named backend needs `mcp`");
+                        for key in ["ai", "aws", "internal"] {
+                            self.unsupported(&mut bo, key);
+                        }
+                        if !self
+                            .errors
+                            .iter()
+                            .any(|e| e.path.starts_with(path.as_str()))
+                        {
+                            self.err(path, "a named backend needs `mcp` or `host`");
                         }
                         None
                     }
                 };
+                let policies = self.backend_policies(&mut bo, path);
                 self.finish(bo);
                 if let (Some(name), Some(b)) = (name, backend) {
-                    if named.iter().any(|(n, _)| *n == name) {
+                    let taken = named.iter().any(|(n, _, _)| *n == name)
+                        || self.hosts.iter().any(|(n, _, _)| *n == name);
+                    if taken {
                         self.err(
-                            &join(&path, "name"),
+                            &join(path, "name"),
                             format!("duplicate backend name {name:?}"),
                         );
                     }
-                    named.push((name, Rc::new(b)));
+                    named.push((name, Rc::new(b), policies));
                 }
             }
         }
@@ -687,10 +897,9 @@ impl Checker {
                 binds.push(bind);
             }
         }
-        self.unsupported(&mut o, "frontendPolicies");
-        self.unsupported(&mut o, "policies");
-        self.unsupported(&mut o, "workloads");
-        self.unsupported(&mut o, "services");
+        for key in TOP_UNSUPPORTED {
+            self.unsupported(&mut o, key);
+        }
         self.finish(o);
         if binds.is_empty() && self.errors.is_empty() {
             self.err("", "nothing to serve: give `binds` or `mcp`");
@@ -742,6 +951,18 @@ impl Checker {
             if let Some(d) = self.duration(&mut o, key) {
                 *slot = d;
             }
+        }
+        if let Some(m) = self.get(&mut o, "mcp") {
+            // agentgateway's place for it (`config.mcp.sessionTtl`).
+            if let Some(mut mo) = self.obj(m, &join(path, "mcp")) {
+                if let Some(d) = self.duration(&mut mo, "sessionTtl") {
+                    l.session_ttl = d;
+                }
+                self.finish(mo);
+            }
+        }
+        for key in CONFIG_UNSUPPORTED {
+            self.unsupported(&mut o, key);
         }
         if o.map.contains_key("dnsRebindingProtection") {
             l.dns_rebinding_protection = self.boolean(&mut o, "dnsRebindingProtection");
@@ -796,6 +1017,11 @@ impl Checker {
         self.finish(o);
     }
 
+    /// The shorthand's address when it names no port.
+    fn bind_addr_at(&mut self, o: &mut Obj<'_>, port: u16) -> Option<SocketAddr> {
+        self.bind_ip(o).map(|ip| SocketAddr::new(ip, port))
+    }
+
     fn bind_addr(&mut self, o: &mut Obj<'_>) -> Option<SocketAddr> {
         let port = match self.uint(o, "port") {
             Some(p) if p <= u64::from(u16::MAX) => p as u16,
@@ -810,22 +1036,25 @@ impl Checker {
                 return None;
             }
         };
-        // Loopback unless the config names an address: an MCP gateway reachable from the network
-        // by accident is a DNS-rebinding and exposure risk (MCP spec, transports/security).
-        let ip = match self.string(o, "address") {
-            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            Some(s) => match s.parse::<IpAddr>() {
-                Ok(ip) => ip,
-                Err(_) => {
-                    self.err(&join(&o.path, "address"), "expected an IP address");
-                    return None;
-                }
-            },
-        };
-        Some(SocketAddr::new(ip, port))
+        Some(SocketAddr::new(self.bind_ip(o)?, port))
     }
 
-    fn bind(&mut self, v: &Value, path: &str, named: &[(String, Rc<McpBackend>)]) -> Option<Bind> {
+    fn bind_ip(&mut self, o: &mut Obj<'_>) -> Option<IpAddr> {
+        // Loopback unless the config names an address: an MCP gateway reachable from the network
+        // by accident is a DNS-rebinding and exposure risk (MCP spec, transports/security).
+        match self.string(o, "address") {
+            None => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            Some(s) => match s.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    self.err(&join(&o.path, "address"), "expected an IP address");
+                    None
+                }
+            },
+        }
+    }
+
+    fn bind(&mut self, v: &Value, path: &str, named: &[Named]) -> Option<Bind> {
         let mut o = self.obj(v, path)?;
         let addr = self.bind_addr(&mut o);
         let mut listeners = Vec::new();
@@ -842,12 +1071,7 @@ impl Checker {
         })
     }
 
-    fn listener(
-        &mut self,
-        v: &Value,
-        path: &str,
-        named: &[(String, Rc<McpBackend>)],
-    ) -> Option<Listener> {
+    fn listener(&mut self, v: &Value, path: &str, named: &[Named]) -> Option<Listener> {
         let mut o = self.obj(v, path)?;
         let name = self.string(&mut o, "name");
         let hostname = self.string(&mut o, "hostname");
@@ -875,12 +1099,7 @@ impl Checker {
         })
     }
 
-    fn route(
-        &mut self,
-        v: &Value,
-        path: &str,
-        named: &[(String, Rc<McpBackend>)],
-    ) -> Option<Route> {
+    fn route(&mut self, v: &Value, path: &str, named: &[Named]) -> Option<Route> {
         let mut o = self.obj(v, path)?;
         let name = self.string(&mut o, "name");
         let _rule = self.string(&mut o, "ruleName");
@@ -891,9 +1110,9 @@ impl Checker {
                 matches.push(m);
             }
         }
-        let (mut backend_tls, mut cors) = (None, None);
+        let (mut policy, mut cors) = (RoutePolicy::default(), None);
         if let Some(p) = self.get(&mut o, "policies") {
-            (backend_tls, cors) = self.policies(p, &join(path, "policies"));
+            (policy, cors) = self.policies(p, &join(path, "policies"));
         }
         let mut backends = Vec::new();
         for (bpath, b) in self.seq(&mut o, "backends") {
@@ -901,6 +1120,7 @@ impl Checker {
                 backends.push(b);
             }
         }
+        self.unsupported(&mut o, "namespace");
         self.finish(o);
         if backends.len() > 1 {
             self.err(
@@ -912,43 +1132,308 @@ impl Checker {
         if backend.is_none() && !self.errors.iter().any(|e| e.path.starts_with(path)) {
             self.err(&join(path, "backends"), "missing");
         }
+        let (backend, own) = backend?;
+        policy.upstream = policy.upstream.under(&own);
         Some(Route {
             name,
             hostnames,
             matches,
-            backend: backend?,
-            backend_tls,
+            policy: Rc::new(policy.finish(&backend)),
+            backend,
             cors,
         })
     }
 
-    /// Route policies: `backendTLS` and `cors`.
-    fn policies(&mut self, v: &Value, path: &str) -> (Option<Rc<BackendTls>>, Option<Rc<Cors>>) {
+    /// Route policies: the upstream ones, `timeout`, `retry` and `cors`.
+    fn policies(&mut self, v: &Value, path: &str) -> (RoutePolicy, Option<Rc<Cors>>) {
+        let mut policy = RoutePolicy::default();
         let Some(mut o) = self.obj(v, path) else {
-            return (None, None);
+            return (policy, None);
         };
-        let mut tls = None;
-        if let Some(t) = self.get(&mut o, "backendTLS") {
-            tls = self.backend_tls(t, &join(path, "backendTLS"));
-        }
+        policy.upstream = self.upstream_fields(&mut o);
         let mut cors = None;
         if let Some(c) = self.get(&mut o, "cors") {
             cors = self.cors(c, &join(path, "cors")).map(Rc::new);
         }
-        for key in [
-            "backendAuth",
-            "mcpAuthorization",
-            "mcpAuthentication",
-            "localRateLimit",
-            "requestHeaderModifier",
-            "responseHeaderModifier",
-            "timeout",
-            "retry",
-        ] {
+        if let Some(t) = self.get(&mut o, "timeout") {
+            let tpath = join(path, "timeout");
+            if let Some(mut to) = self.obj(t, &tpath) {
+                policy.request_timeout = self.duration(&mut to, "requestTimeout");
+                policy.backend_timeout = self.duration(&mut to, "backendRequestTimeout");
+                self.finish(to);
+            }
+        }
+        if let Some(r) = self.get(&mut o, "retry") {
+            policy.retry = self.retry(r, &join(path, "retry"));
+        }
+        for key in ROUTE_UNSUPPORTED {
             self.unsupported(&mut o, key);
         }
         self.finish(o);
-        (tls, cors)
+        (policy, cors)
+    }
+
+    /// `backendTLS`, `backendAuth` and `requestHeaderModifier`: the policies of a route, a
+    /// backend and a target alike.
+    fn upstream_fields(&mut self, o: &mut Obj<'_>) -> UpstreamPolicy {
+        let path = o.path.clone();
+        let mut up = UpstreamPolicy::default();
+        if let Some(t) = self.get(o, "backendTLS") {
+            up.tls = self.backend_tls(t, &join(&path, "backendTLS"));
+        }
+        if let Some(a) = self.get(o, "backendAuth") {
+            up.auth = self.backend_auth(a, &join(&path, "backendAuth"));
+        }
+        if let Some(h) = self.get(o, "requestHeaderModifier") {
+            up.headers = self.header_modifier(h, &join(&path, "requestHeaderModifier"));
+        }
+        for key in ["transformations", "http", "tcp", "backendTunnel"] {
+            self.unsupported(o, key);
+        }
+        up
+    }
+
+    /// A backend's `policies` (a named backend's, or a route's backend entry's).
+    fn backend_policies(&mut self, o: &mut Obj<'_>, path: &str) -> UpstreamPolicy {
+        let Some(p) = self.get(o, "policies") else {
+            return UpstreamPolicy::default();
+        };
+        let Some(mut po) = self.obj(p, &join(path, "policies")) else {
+            return UpstreamPolicy::default();
+        };
+        let up = self.upstream_fields(&mut po);
+        for key in BACKEND_UNSUPPORTED {
+            self.unsupported(&mut po, key);
+        }
+        self.finish(po);
+        up
+    }
+
+    /// `{name, host: "host:port", policies}`: an HTTP upstream that MCP targets name with
+    /// `mcp: {backend: name, path: ...}`.
+    fn host_backend(&mut self, v: &Value, host: &Value, path: &str) {
+        let Some(mut o) = self.obj(v, path) else {
+            return;
+        };
+        let name = self.required_string(&mut o, "name");
+        let _ = self.get(&mut o, "host");
+        let host = match host {
+            Value::String(h) if !h.is_empty() => Some(h.clone()),
+            _ => {
+                self.err(&join(path, "host"), "expected host:port");
+                None
+            }
+        };
+        let policies = self.backend_policies(&mut o, path);
+        self.finish(o);
+        if let (Some(name), Some(host)) = (name, host) {
+            if self.hosts.iter().any(|(n, _, _)| *n == name) {
+                self.err(
+                    &join(path, "name"),
+                    format!("duplicate backend name {name:?}"),
+                );
+            }
+            self.hosts.push((name, host, policies));
+        }
+    }
+
+    /// `backendAuth`: `key` (a secret, or `{value, location}`) or `passthrough`.
+    fn backend_auth(&mut self, v: &Value, path: &str) -> Option<BackendAuth> {
+        let mut o = self.obj(v, path)?;
+        let mut auth = None;
+        if let Some(k) = self.get(&mut o, "key") {
+            let kpath = join(path, "key");
+            let (secret_value, location) = match k {
+                Value::Mapping(m) if m.contains_key("value") => {
+                    let mut ko = self.obj(k, &kpath)?;
+                    let value = self.get(&mut ko, "value").cloned();
+                    let location = self.get(&mut ko, "location").cloned();
+                    self.finish(ko);
+                    (value.unwrap_or(Value::Null), location)
+                }
+                other => (other.clone(), None),
+            };
+            let (header, prefix) = match &location {
+                Some(l) => self.auth_location(l, &join(&kpath, "location"))?,
+                None => ("Authorization".to_string(), Some("Bearer ".to_string())),
+            };
+            match secret(&secret_value) {
+                Ok(raw) => {
+                    let mut value = prefix.unwrap_or_default().into_bytes();
+                    value.extend(raw);
+                    if value.iter().any(|b| b.is_ascii_control()) || value.is_empty() {
+                        self.err(&kpath, "the key must be one line of text");
+                    } else {
+                        auth = Some(BackendAuth::Key {
+                            header,
+                            value: Secret(value),
+                        });
+                    }
+                }
+                Err(why) => self.err(&kpath, why),
+            }
+        }
+        if let Some(p) = self.get(&mut o, "passthrough") {
+            let ppath = join(path, "passthrough");
+            if auth.is_some() {
+                self.err(path, "give one of `key` and `passthrough`");
+            }
+            if let Some(mut po) = self.obj(p, &ppath) {
+                let location = self.get(&mut po, "location").cloned();
+                self.finish(po);
+                auth = match location {
+                    None => Some(BackendAuth::Passthrough {
+                        header: "Authorization".into(),
+                        prefix: None,
+                        verbatim: true,
+                    }),
+                    Some(l) => {
+                        let (header, prefix) = self.auth_location(&l, &join(&ppath, "location"))?;
+                        Some(BackendAuth::Passthrough {
+                            header,
+                            prefix,
+                            verbatim: false,
+                        })
+                    }
+                };
+            }
+        }
+        for key in AUTH_UNSUPPORTED {
+            self.unsupported(&mut o, key);
+        }
+        let had_errors = self.errors.iter().any(|e| e.path.starts_with(path));
+        self.finish(o);
+        if auth.is_none() && !had_errors {
+            self.err(path, "expected `key` or `passthrough`");
+        }
+        auth
+    }
+
+    /// `location: {header: {name, prefix}}`: where a credential goes.
+    fn auth_location(&mut self, v: &Value, path: &str) -> Option<(String, Option<String>)> {
+        let mut o = self.obj(v, path)?;
+        let mut out = None;
+        if let Some(h) = self.get(&mut o, "header") {
+            let hpath = join(path, "header");
+            if let Some(mut ho) = self.obj(h, &hpath) {
+                let name = self.required_string(&mut ho, "name");
+                let prefix = self.string(&mut ho, "prefix");
+                self.finish(ho);
+                if let Some(name) = name {
+                    if self.header_name_ok(&name, &join(&hpath, "name")) {
+                        out = Some((name, prefix));
+                    }
+                }
+            }
+        }
+        for key in ["queryParameter", "cookie", "expression"] {
+            self.unsupported(&mut o, key);
+        }
+        let had_errors = self.errors.iter().any(|e| e.path.starts_with(path));
+        self.finish(o);
+        if out.is_none() && !had_errors {
+            self.err(path, "expected `header: {name, prefix}`");
+        }
+        out
+    }
+
+    /// Whether `name` is a header a policy may write; reports why not.
+    fn header_name_ok(&mut self, name: &str, path: &str) -> bool {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        let lower = name.to_ascii_lowercase();
+        if !token {
+            self.err(path, format!("{name:?} is not a valid header name"));
+            false
+        } else if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("mcp-param-") {
+            self.err(
+                path,
+                format!("{name} cannot be changed: the gateway writes it (HTTP framing or the MCP transport)"),
+            );
+            false
+        } else {
+            true
+        }
+    }
+
+    /// `requestHeaderModifier: {add: {name: value}, set: {...}, remove: [name]}`.
+    fn header_modifier(&mut self, v: &Value, path: &str) -> Vec<HeaderOp> {
+        let mut ops = Vec::new();
+        let Some(mut o) = self.obj(v, path) else {
+            return ops;
+        };
+        for key in ["add", "set"] {
+            let kpath = join(path, key);
+            let pairs = match self.get(&mut o, key) {
+                None => continue,
+                Some(Value::Mapping(m)) => m.clone(),
+                Some(_) => {
+                    self.err(&kpath, "expected a mapping of header names to values");
+                    continue;
+                }
+            };
+            for (k, val) in pairs {
+                let (Some(name), Some(value)) = (k.as_str(), scalar(&val)) else {
+                    self.err(&kpath, "expected header names mapped to string values");
+                    continue;
+                };
+                let npath = join(&kpath, name);
+                if !self.header_name_ok(name, &npath) {
+                    continue;
+                }
+                if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                    self.err(&npath, "a header value must be one line of text");
+                    continue;
+                }
+                ops.push(match key {
+                    "add" => HeaderOp::Add(name.to_string(), value),
+                    _ => HeaderOp::Set(name.to_string(), value),
+                });
+            }
+        }
+        let rpath = join(path, "remove");
+        for name in self.strings(&mut o, "remove") {
+            if self.header_name_ok(&name, &rpath) {
+                ops.push(HeaderOp::Remove(name));
+            }
+        }
+        self.finish(o);
+        ops
+    }
+
+    /// `retry: {attempts, backoff, codes}`.
+    fn retry(&mut self, v: &Value, path: &str) -> Option<Retry> {
+        let mut o = self.obj(v, path)?;
+        let attempts = match self.uint(&mut o, "attempts") {
+            None => 1,
+            Some(n) if (1..=MAX_ATTEMPTS).contains(&n) => n as u8,
+            Some(_) => {
+                self.err(
+                    &join(path, "attempts"),
+                    format!("must be 1 to {MAX_ATTEMPTS}"),
+                );
+                1
+            }
+        };
+        let backoff = self.duration(&mut o, "backoff").unwrap_or_default();
+        let mut codes = Vec::new();
+        for (cpath, c) in self.seq(&mut o, "codes") {
+            match c.as_u64() {
+                Some(n @ 100..=599) => codes.push(n as u16),
+                _ => self.err(&cpath, "expected an HTTP status code"),
+            }
+        }
+        for key in ["precondition", "condition"] {
+            self.unsupported(&mut o, key);
+        }
+        self.finish(o);
+        Some(Retry {
+            attempts,
+            backoff,
+            codes,
+        })
     }
 
     fn cors(&mut self, v: &Value, path: &str) -> Option<Cors> {
@@ -1087,29 +1572,45 @@ impl Checker {
         &mut self,
         v: &Value,
         path: &str,
-        named: &[(String, Rc<McpBackend>)],
-    ) -> Option<Rc<McpBackend>> {
+        named: &[Named],
+    ) -> Option<(Rc<McpBackend>, UpstreamPolicy)> {
         let mut o = self.obj(v, path)?;
         let _weight = self.uint(&mut o, "weight");
         let mut out = None;
         if let Some(m) = self.get(&mut o, "mcp") {
-            out = self.mcp_backend(m, &join(path, "mcp"), None).map(Rc::new);
+            out = self
+                .mcp_backend(m, &join(path, "mcp"), None)
+                .map(|b| (Rc::new(b), UpstreamPolicy::default()));
         }
         if let Some(name) = self.string(&mut o, "backend") {
-            match named.iter().find(|(n, _)| *n == name) {
-                Some((_, b)) => out = Some(b.clone()),
+            match named.iter().find(|(n, _, _)| *n == name) {
+                Some((_, b, p)) => out = Some((b.clone(), p.clone())),
+                None if self.hosts.iter().any(|(n, _, _)| *n == name) => self.err(
+                    &join(path, "backend"),
+                    format!("{name:?} is a host backend: name it in an MCP target (`mcp: {{backend: {name}, path: /mcp}}`)"),
+                ),
                 None => self.err(&join(path, "backend"), format!("no backend named {name:?}")),
             }
         }
-        for key in ["host", "service", "ai", "dynamic", "policies"] {
+        for key in [
+            "host",
+            "service",
+            "ai",
+            "aws",
+            "dynamic",
+            "internal",
+            "routeGroup",
+        ] {
             self.unsupported(&mut o, key);
         }
+        // The entry's own policies apply over the named backend's.
+        let own = self.backend_policies(&mut o, path);
         let had_errors = self.errors.iter().any(|e| e.path.starts_with(path));
         self.finish(o);
         if out.is_none() && !had_errors {
             self.err(path, "expected `mcp` or `backend`");
         }
-        out
+        out.map(|(b, p)| (b, p.under(&own)))
     }
 
     fn mcp_backend(&mut self, v: &Value, path: &str, name: Option<String>) -> Option<McpBackend> {
@@ -1145,6 +1646,10 @@ impl Checker {
                 FailureMode::FailClosed
             }
         };
+        let dns_rebinding = o
+            .map
+            .contains_key("dnsRebindingProtection")
+            .then(|| self.boolean(o, "dnsRebindingProtection"));
         if let Some(m) = self.string(o, "statefulMode") {
             if !m.eq_ignore_ascii_case("stateful") {
                 self.err(
@@ -1193,6 +1698,7 @@ impl Checker {
             pool_max,
             prefix_mode,
             failure_mode,
+            dns_rebinding,
         })
     }
 
@@ -1216,18 +1722,22 @@ impl Checker {
             }
         }
         let mut kind = None;
+        // A target naming a host backend gets that backend's policies.
+        let mut named_policies = None;
         if let Some(s) = self.get(&mut o, "stdio") {
             kind = self.stdio(s, &join(path, "stdio")).map(TargetKind::Stdio);
         }
         if let Some(m) = self.get(&mut o, "mcp") {
-            kind = self
-                .http_target(m, &join(path, "mcp"), "/mcp")
-                .map(TargetKind::Mcp);
+            if let Some((url, p)) = self.http_target(m, &join(path, "mcp"), "/mcp") {
+                kind = Some(TargetKind::Mcp(url));
+                named_policies = p;
+            }
         }
         if let Some(m) = self.get(&mut o, "sse") {
-            kind = self
-                .http_target(m, &join(path, "sse"), "/sse")
-                .map(TargetKind::Sse);
+            if let Some((url, p)) = self.http_target(m, &join(path, "sse"), "/sse") {
+                kind = Some(TargetKind::Sse(url));
+                named_policies = p;
+            }
         }
         let kinds = ["stdio", "mcp", "sse"]
             .iter()
@@ -1249,8 +1759,31 @@ impl Checker {
         if era == Era::Modern && matches!(kind, Some(TargetKind::Sse(_))) {
             self.err(&join(path, "era"), "a legacy SSE target cannot be modern");
         }
-        for key in ["openapi", "policies"] {
-            self.unsupported(&mut o, key);
+        self.unsupported(&mut o, "openapi");
+        let mut policies = UpstreamPolicy::default();
+        if let Some(p) = self.get(&mut o, "policies") {
+            let ppath = join(path, "policies");
+            if o.map.contains_key("stdio") {
+                self.err(
+                    &ppath,
+                    "a stdio target has no HTTP connection: policies apply to mcp and sse targets",
+                );
+            } else if named_policies.is_some() {
+                self.err(
+                    &ppath,
+                    "a target that names a backend takes that backend's policies: put them there",
+                );
+            } else if let Some(mut po) = self.obj(p, &ppath) {
+                policies = self.upstream_fields(&mut po);
+                for key in ["mcpAuthorization", "mcpGuardrails"] {
+                    if po.map.contains_key(key) {
+                        let why = "belongs on the route or `mcp.policies` (it applies to every target); not supported yet";
+                        self.err(&join(&ppath, key), why);
+                        po.used.push(key);
+                    }
+                }
+                self.finish(po);
+            }
         }
         let had_errors = self.errors.iter().any(|e| e.path.starts_with(path));
         self.finish(o);
@@ -1261,18 +1794,71 @@ impl Checker {
             name: name?,
             kind: kind?,
             era,
+            policies: named_policies.unwrap_or(policies),
         })
     }
 
-    /// `{host: "http://h:p/path"}`, or `{host: h, port: p, path: /x}` (plain HTTP unless the
-    /// route's backendTLS policy says otherwise).
-    fn http_target(&mut self, v: &Value, path: &str, default_path: &str) -> Option<Url> {
+    /// `{host: "http://h:p/path"}`, `{host: "h:p"}`, `{host: h, port: p, path: /x}` (plain
+    /// HTTP unless a backendTLS policy says otherwise), or `{backend: name, path: /x}` naming a
+    /// host backend (whose policies come back too).
+    fn http_target(
+        &mut self,
+        v: &Value,
+        path: &str,
+        default_path: &str,
+    ) -> Option<(Url, Option<UpstreamPolicy>)> {
         let mut o = self.obj(v, path)?;
-        let host = self.required_string(&mut o, "host");
+        let backend = self.string(&mut o, "backend");
+        let host = match backend {
+            Some(_) => self.string(&mut o, "host"),
+            None => self.required_string(&mut o, "host"),
+        };
         let port = self.uint(&mut o, "port");
         let upath = self.string(&mut o, "path");
         self.finish(o);
+        if let Some(b) = backend {
+            if host.is_some() || port.is_some() {
+                self.err(
+                    path,
+                    "give either `backend` or `host` (with `port`), not both",
+                );
+                return None;
+            }
+            let Some((_, h, p)) = self.hosts.iter().find(|(n, _, _)| *n == b).cloned() else {
+                self.err(
+                    &join(path, "backend"),
+                    format!("no host backend named {b:?}"),
+                );
+                return None;
+            };
+            let p_tls = p.tls.is_some();
+            let (url, _) = self.http_url(&h, None, upath, default_path, &join(path, "backend"))?;
+            // A backendTLS policy on the backend makes it https (as agentgateway).
+            let url = Url {
+                https: url.https || p_tls,
+                ..url
+            };
+            return Some((url, Some(p)));
+        }
         let host = host?;
+        self.http_url(&host, port, upath, default_path, path)
+    }
+
+    /// The URL of an HTTP target given as `host` (a URL or `host[:port]`), `port` and `path`.
+    fn http_url(
+        &mut self,
+        host: &str,
+        port: Option<u64>,
+        upath: Option<String>,
+        default_path: &str,
+        path: &str,
+    ) -> Option<(Url, Option<UpstreamPolicy>)> {
+        let host = host.to_string();
+        // `host: "localhost:3001"`: an authority without a scheme (plain HTTP, as agentgateway).
+        let (host, port) = match (host.contains("://"), port, split_authority(&host)) {
+            (false, None, Some((h, Some(p)))) => (h, Some(u64::from(p))),
+            _ => (host, port),
+        };
         let text = if host.contains("://") {
             if port.is_some() || upath.is_some() {
                 self.err(
@@ -1310,7 +1896,7 @@ impl Checker {
             self.err(&join(path, "host"), e);
             return None;
         }
-        Some(url)
+        Some((url, None))
     }
 
     fn stdio(&mut self, v: &Value, path: &str) -> Option<StdioTarget> {
@@ -1366,12 +1952,21 @@ impl Checker {
     /// `mcp: {port, targets, policies, ...}` at the top level: one bind serving one backend.
     fn shorthand(&mut self, v: &Value, path: &str) -> Option<Bind> {
         let mut o = self.obj(v, path)?;
-        let addr = self.bind_addr(&mut o);
-        let (mut backend_tls, mut cors) = (None, None);
+        // No port: agentgateway's default for the shorthand.
+        let addr = match o.map.contains_key("port") {
+            true => self.bind_addr(&mut o),
+            false => {
+                let addr = self.bind_addr_at(&mut o, SHORTHAND_PORT);
+                o.used.push("port");
+                addr
+            }
+        };
+        let (mut policy, mut cors) = (RoutePolicy::default(), None);
         if let Some(p) = self.get(&mut o, "policies") {
-            (backend_tls, cors) = self.policies(p, &join(path, "policies"));
+            (policy, cors) = self.policies(p, &join(path, "policies"));
         }
-        let backend = self.mcp_body(&mut o, None);
+        self.unsupported(&mut o, "gateways");
+        let backend = Rc::new(self.mcp_body(&mut o, None)?);
         self.finish(o);
         Some(Bind {
             addr: addr?,
@@ -1389,12 +1984,157 @@ impl Checker {
                             ..RouteMatch::default()
                         })
                         .collect(),
-                    backend: Rc::new(backend?),
-                    backend_tls,
+                    policy: Rc::new(policy.finish(&backend)),
+                    backend,
                     cors,
                 }],
             }],
         })
+    }
+}
+
+/// The port of the top-level `mcp:` shorthand when it names none (agentgateway's).
+pub const SHORTHAND_PORT: u16 = 3000;
+
+/// Top-level agentgateway fields mcplex does not implement.
+const TOP_UNSUPPORTED: [&str; 12] = [
+    "frontendPolicies",
+    "policies",
+    "workloads",
+    "services",
+    "routeGroups",
+    "gateways",
+    "routes",
+    "tcpRoutes",
+    "llm",
+    "ui",
+    "modelCatalog",
+    "a2a",
+];
+
+/// agentgateway's `config:` settings that mcplex does not implement.
+const CONFIG_UNSUPPORTED: [&str; 27] = [
+    "enableIpv6",
+    "dns",
+    "localXdsPath",
+    "caAddress",
+    "caAuthToken",
+    "xdsAddress",
+    "xdsAuthToken",
+    "namespace",
+    "gateway",
+    "trustDomain",
+    "additionalTrustDomains",
+    "skipValidateTrustDomain",
+    "serviceAccount",
+    "clusterId",
+    "network",
+    "adminAddr",
+    "readinessAddr",
+    "session",
+    "connectionTerminationDeadline",
+    "connectionMinTerminationDeadline",
+    "workerThreads",
+    "tracing",
+    "logging",
+    "metrics",
+    "backend",
+    "hbone",
+    "modelCatalog",
+];
+
+/// agentgateway's route policies that mcplex does not implement (yet).
+const ROUTE_UNSUPPORTED: [&str; 23] = [
+    "mcpAuthorization",
+    "mcpAuthentication",
+    "mcpGuardrails",
+    "extMcp",
+    "jwtAuth",
+    "apiKey",
+    "basicAuth",
+    "oidc",
+    "authorization",
+    "extAuthz",
+    "extProc",
+    "localRateLimit",
+    "remoteRateLimit",
+    "responseHeaderModifier",
+    "requestRedirect",
+    "urlRewrite",
+    "requestMirror",
+    "directResponse",
+    "csrf",
+    "buffer",
+    "delay",
+    "a2a",
+    "ai",
+];
+
+/// agentgateway's backend policies (beyond the upstream ones) that mcplex does not implement.
+const BACKEND_UNSUPPORTED: [&str; 11] = [
+    "responseHeaderModifier",
+    "requestRedirect",
+    "health",
+    "extAuthz",
+    "authorization",
+    "mcpAuthorization",
+    "mcpGuardrails",
+    "a2a",
+    "inferenceRouting",
+    "sessionAffinity",
+    "ai",
+];
+
+/// agentgateway's `backendAuth` kinds that mcplex does not implement.
+const AUTH_UNSUPPORTED: [&str; 8] = [
+    "gcp",
+    "aws",
+    "azure",
+    "copilot",
+    "jwtSign",
+    "oauthTokenExchange",
+    "crossAppAccess",
+    "credentials",
+];
+
+impl RoutePolicy {
+    /// Notes what the route's targets need (see `passthrough`).
+    fn finish(mut self, backend: &McpBackend) -> RoutePolicy {
+        self.passthrough = backend.targets.iter().any(|t| {
+            !matches!(t.kind, TargetKind::Stdio(_))
+                && matches!(
+                    self.upstream.under(&t.policies).auth,
+                    Some(BackendAuth::Passthrough { .. })
+                )
+        });
+        self
+    }
+}
+
+/// A YAML scalar as text.
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// `host`, `host:port`, `[v6]:port` or a bare IPv6 address: (host, port).
+fn split_authority(s: &str) -> Option<(String, Option<u16>)> {
+    if let Some(v6) = s.strip_prefix('[') {
+        let (h, rest) = v6.split_once(']')?;
+        let port = match rest.strip_prefix(':') {
+            Some(p) => Some(p.parse().ok()?),
+            None => None,
+        };
+        return Some((h.to_string(), port));
+    }
+    match s.split_once(':') {
+        Some((h, p)) if !p.contains(':') => Some((h.to_string(), Some(p.parse().ok()?))),
+        Some(_) => Some((s.to_string(), None)),
+        None => Some((s.to_string(), None)),
     }
 }
 
@@ -1475,6 +2215,168 @@ mod tests {
         let b = &c.binds[0].listeners[0].routes[0].backend;
         assert_eq!(b.targets[0].name, "demo");
         assert!(!b.prefixed());
+    }
+
+    #[test]
+    fn agentgateway_shapes_load_unchanged() {
+        // The shorthand without a port, a host without a scheme, the backend's
+        // dnsRebindingProtection, config.mcp.sessionTtl.
+        let c = Config::parse(
+            "config: {mcp: {sessionTtl: 90s}}\nmcp:\n  dnsRebindingProtection: false\n  targets:\n  - name: remote\n    mcp: {host: \"localhost:3001\"}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.binds[0].addr.port(), SHORTHAND_PORT);
+        assert_eq!(c.limits.session_ttl, Duration::from_secs(90));
+        let b = &c.binds[0].listeners[0].routes[0].backend;
+        assert_eq!(b.dns_rebinding, Some(false));
+        let TargetKind::Mcp(u) = &b.targets[0].kind else {
+            panic!("not an mcp target");
+        };
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("localhost", 3001, "/mcp")
+        );
+        assert!(!u.https);
+
+        // A target naming a host backend, which carries the policies.
+        let text = r#"
+backends:
+- name: remote
+  host: 127.0.0.1:8443
+  policies:
+    backendAuth: {key: s3cret}
+    requestHeaderModifier: {set: {X-Team: a}}
+binds:
+- port: 3000
+  listeners:
+  - routes:
+    - backends:
+      - mcp:
+          targets:
+          - name: r
+            mcp: {backend: remote, path: /v1/mcp}
+"#;
+        let c = Config::parse(text).expect("valid");
+        let r = &c.binds[0].listeners[0].routes[0];
+        let t = &r.backend.targets[0];
+        let TargetKind::Mcp(u) = &t.kind else {
+            panic!("not an mcp target");
+        };
+        assert_eq!((u.port, u.path.as_str()), (8443, "/v1/mcp"));
+        let lp = r.policy.for_target(t);
+        assert_eq!(
+            lp.headers,
+            vec![
+                ("X-Team".to_string(), "a".to_string()),
+                ("Authorization".to_string(), "Bearer s3cret".to_string())
+            ]
+        );
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "a secret in Debug output"
+        );
+    }
+
+    #[test]
+    fn backend_auth_and_headers_merge_by_level() {
+        std::env::set_var("MCPLEX_TEST_TOKEN", "from-env");
+        let text = r#"
+binds:
+- port: 3000
+  listeners:
+  - routes:
+    - policies:
+        backendAuth: {key: {env: MCPLEX_TEST_TOKEN}}
+        requestHeaderModifier: {add: {X-A: "1"}, set: {X-B: "2"}}
+        timeout: {requestTimeout: 5s, backendRequestTimeout: 2s}
+        retry: {attempts: 3, backoff: 250ms, codes: [503]}
+      backends:
+      - mcp:
+          targets:
+          - name: a
+            mcp: {host: "http://127.0.0.1:9/mcp"}
+          - name: b
+            mcp: {host: "http://127.0.0.1:9/mcp"}
+            policies:
+              backendAuth: {passthrough: {}}
+              requestHeaderModifier: {remove: [X-A], set: {X-B: "3"}}
+          - name: c
+            mcp: {host: "http://127.0.0.1:9/mcp"}
+            policies:
+              backendAuth:
+                key: {value: raw-token, location: {header: {name: X-Api-Key}}}
+"#;
+        let c = Config::parse(text).expect("valid");
+        let r = &c.binds[0].listeners[0].routes[0];
+        assert!(r.policy.passthrough);
+        assert_eq!(r.policy.request_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(r.policy.backend_timeout, Some(Duration::from_secs(2)));
+        let retry = r.policy.retry.clone().expect("retry");
+        assert_eq!((retry.attempts, retry.codes), (3, vec![503]));
+        let h = |t: usize| r.policy.for_target(&r.backend.targets[t]);
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            h(0).headers,
+            vec![
+                pair("X-A", "1"),
+                pair("X-B", "2"),
+                pair("Authorization", "Bearer from-env")
+            ]
+        );
+        assert!(h(0).passthrough.is_none());
+        assert_eq!(h(1).headers, vec![pair("X-B", "3")]);
+        let pass = h(1).passthrough.expect("passthrough");
+        assert_eq!(
+            pass.pass("Bearer abc"),
+            Some(pair("Authorization", "Bearer abc"))
+        );
+        assert_eq!(
+            h(2).headers,
+            vec![
+                pair("X-A", "1"),
+                pair("X-B", "2"),
+                pair("X-Api-Key", "raw-token")
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_paths() {
+        let text = r#"
+mcp:
+  port: 3000
+  policies:
+    requestHeaderModifier: {set: {Content-Length: "1", "bad name": x}, remove: [Mcp-Session-Id]}
+    backendAuth: {gcp: {}}
+    retry: {attempts: 0}
+    jwtAuth: {issuer: x}
+  targets:
+  - name: s
+    stdio: {cmd: x}
+    policies: {backendAuth: {key: k}}
+  - name: h
+    mcp: {host: "http://127.0.0.1:9/mcp"}
+    policies: {backendAuth: {key: {env: MCPLEX_TEST_UNSET_VAR}}}
+config: {tracing: {otlpEndpoint: x}, adminAddr: "localhost:15000"}
+frontendPolicies: {}
+"#;
+        let errs = errors(text);
+        let has = |needle: &str| errs.iter().any(|e| e.contains(needle));
+        for needle in [
+            "mcp.policies.requestHeaderModifier.set.Content-Length: Content-Length cannot be changed",
+            "mcp.policies.requestHeaderModifier.set.bad name: \"bad name\" is not a valid header name",
+            "mcp.policies.requestHeaderModifier.remove: Mcp-Session-Id cannot be changed",
+            "mcp.policies.backendAuth.gcp: not supported yet",
+            "mcp.policies.retry.attempts: must be 1 to 10",
+            "mcp.policies.jwtAuth: not supported yet",
+            "mcp.targets[0].policies: a stdio target has no HTTP connection",
+            "mcp.targets[1].policies.backendAuth.key: environment variable MCPLEX_TEST_UNSET_VAR is not set",
+            "config.tracing: not supported yet",
+            "config.adminAddr: not supported yet",
+            "frontendPolicies: not supported yet",
+        ] {
+            assert!(has(needle), "missing {needle:?} in {errs:#?}");
+        }
     }
 
     #[test]
@@ -1618,7 +2520,12 @@ mcp:
 "#;
         let c = Config::parse(text).expect("valid");
         let r = &c.binds[0].listeners[0].routes[0];
-        assert!(r.backend_tls.as_ref().is_some_and(|t| t.options.insecure));
+        assert!(r
+            .policy
+            .upstream
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.options.insecure));
         let kinds: Vec<String> = r
             .backend
             .targets

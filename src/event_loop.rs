@@ -231,8 +231,11 @@ impl Gateway {
         for (b, bind) in self.cfg.binds.iter().enumerate() {
             let routes = bind.listeners.iter().flat_map(|l| l.routes.iter());
             if routes
-                .filter_map(|r| r.backend_tls.as_ref())
-                .any(|t| t.options.insecure)
+                .flat_map(|r| {
+                    let own = r.backend.targets.iter().map(|t| t.policies.tls.as_ref());
+                    own.chain([r.policy.upstream.tls.as_ref()])
+                })
+                .any(|t| t.is_some_and(|t| t.options.insecure))
             {
                 warn!(
                     "WARNING: backendTLS insecure: true on a route of bind {b} ({}): upstream certificates are NOT verified",
@@ -347,11 +350,15 @@ impl Gateway {
                     link,
                     backend,
                     target,
-                    tls,
+                    policy,
+                    credential,
                     shared,
                 } => {
                     let opened = match backend.targets.get(target) {
-                        Some(t) => self.links.open(link, t, tls.as_deref(), shared, &mut reg),
+                        Some(t) => {
+                            let cred = credential.as_deref();
+                            self.links.open(link, t, &policy, cred, shared, &mut reg)
+                        }
                         None => Err("no such target".into()),
                     };
                     match opened {
@@ -361,6 +368,9 @@ impl Gateway {
                         }
                         Err(why) => self.relay.link_opened(link, Err(why)),
                     }
+                }
+                Action::Credential { link, credential } => {
+                    self.links.set_credential(link, credential.as_deref());
                 }
                 Action::Send { link, msg, headers } => {
                     let events = self.links.send(link, &msg, headers, &mut reg);

@@ -151,9 +151,10 @@ pub fn check_origin(
     req: &Request,
     addr: SocketAddr,
     limits: &Limits,
+    protect: bool,
     cors: Option<&Cors>,
 ) -> Result<(), &'static str> {
-    if !limits.dns_rebinding_protection {
+    if !protect {
         return Ok(());
     }
     let loopback = addr.ip().is_loopback();

@@ -102,7 +102,11 @@ pub fn decide<'a>(cfg: &'a Config, bind: usize, req: &Request) -> Decision<'a> {
     let b = &cfg.binds[bind];
     let route = find_route(b, req);
     let cors = route.and_then(|r| r.cors.as_deref());
-    if let Err(why) = check_origin(req, b.addr, &cfg.limits, cors) {
+    // The backend's own `dnsRebindingProtection` wins over the gateway-wide setting.
+    let protect = route
+        .and_then(|r| r.backend.dns_rebinding)
+        .unwrap_or(cfg.limits.dns_rebinding_protection);
+    if let Err(why) = check_origin(req, b.addr, &cfg.limits, protect, cors) {
         return Decision::Forbidden(why);
     }
     let Some(route) = route else {

@@ -200,7 +200,7 @@ fn post(relay: &mut Relay, c: &mut Conn, id: ConnId, req: Request, route: &Route
             return c.respond_json(400, &[], &e, keep);
         }
         let msg = body.messages.into_iter().nth(i).unwrap_or_default();
-        return begin_session(relay, c, id, msg, route, req.minor_version > 0, keep);
+        return begin_session(relay, c, id, msg, route, &req, keep);
     }
     let sk = match session_of(relay, &req) {
         Ok(sk) => sk,
@@ -210,6 +210,7 @@ fn post(relay: &mut Relay, c: &mut Conn, id: ConnId, req: Request, route: &Route
         }
     };
     relay.touch(sk);
+    relay.credential(sk, req.header("authorization"));
     let (valid, mut errors) = classify_all(body.messages);
     let requests = valid.iter().filter(|(k, _)| *k == Kind::Request).count();
     if requests == 0 {
@@ -276,7 +277,8 @@ fn modern_post(
         let e = jsonrpc::error(msg["id"].clone(), jsonrpc::METHOD_NOT_FOUND, &why);
         return c.respond_json(404, &[], &e, keep);
     }
-    let sk = relay.pool_for(&route.backend, route.backend_tls.clone());
+    let credential = req.header("authorization");
+    let sk = relay.pool_for(&route.backend, &route.policy, credential);
     c.state = ConnState::Exchange(Exchange {
         session: sk,
         remaining: 1,
@@ -311,7 +313,7 @@ fn begin_session(
     id: ConnId,
     msg: Value,
     route: &Route,
-    chunked: bool,
+    req: &Request,
     keep: bool,
 ) {
     // Strict: no session for an `initialize` that is not a valid request or names no version.
@@ -334,8 +336,9 @@ fn begin_session(
         return c.respond_json(400, &[], &e, keep);
     }
     let created = {
-        let tls = route.backend_tls.clone();
-        relay.create_session(Rc::clone(&route.backend), tls, false)
+        let policy = Rc::clone(&route.policy);
+        let credential = req.header("authorization");
+        relay.create_session(Rc::clone(&route.backend), policy, credential, false)
     };
     let (sk, sid) = match created {
         Ok(s) => s,
@@ -356,7 +359,7 @@ fn begin_session(
         keep_alive: keep,
         modern: false,
     });
-    c.chunked = chunked;
+    c.chunked = req.minor_version > 0;
     relay.initialize(sk, Some(id), msg);
 }
 
@@ -414,8 +417,10 @@ fn legacy_open(
     route: &Route,
     keep: bool,
 ) {
-    let tls = route.backend_tls.clone();
-    let (sk, sid) = match relay.create_session(Rc::clone(&route.backend), tls, true) {
+    let policy = Rc::clone(&route.policy);
+    let credential = req.header("authorization");
+    let (sk, sid) = match relay.create_session(Rc::clone(&route.backend), policy, credential, true)
+    {
         Ok(s) => s,
         Err((_, why)) => return c.respond_text(503, &format!("{why}\n"), keep),
     };
@@ -444,6 +449,7 @@ fn legacy_post(relay: &mut Relay, c: &mut Conn, req: Request, keep: bool) {
     };
     c.respond(202, &[("Content-Type", "text/plain")], b"Accepted", keep);
     relay.touch(sk);
+    relay.credential(sk, req.header("authorization"));
     let (valid, errors) = classify_all(body.messages);
     for e in errors {
         relay.answer(stream, &e);

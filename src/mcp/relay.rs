@@ -16,11 +16,11 @@ use super::era::{self, Probe};
 use super::health::Health;
 use super::route::Dest;
 use super::session::{
-    new_session_id, Asking, Call, CallKind, Input, Listen, Modern, Phase, Session, TargetSlot,
-    TargetState, Waiting,
+    new_session_id, Asking, Call, CallKind, Input, Listen, Modern, Phase, PoolKey, Session,
+    TargetSlot, TargetState, Waiting,
 };
 use super::state::{self, Resume, Signer};
-use crate::config::{BackendTls, Era, FailureMode, Limits, McpBackend, TargetKind};
+use crate::config::{Era, FailureMode, Limits, McpBackend, RoutePolicy, TargetKind};
 use crate::idmap::IdMap;
 use crate::jsonrpc::Path;
 use crate::jsonrpc::{self, Kind};
@@ -44,9 +44,18 @@ pub enum Action {
         link: LinkId,
         backend: Rc<McpBackend>,
         target: usize,
-        tls: Option<Rc<BackendTls>>,
+        /// The route's policies for its upstreams.
+        policy: Rc<RoutePolicy>,
+        /// The client's `Authorization`, for a target that passes it through.
+        credential: Option<Rc<str>>,
         /// The link serves a pool (many stateless clients at once), not one session.
         shared: bool,
+    },
+    /// The session's client presented another credential: the link passes it through from
+    /// now on (if its target does).
+    Credential {
+        link: LinkId,
+        credential: Option<Rc<str>>,
     },
     /// Write one JSON-RPC message to a link (with its 2026-07-28 HTTP headers, if any).
     Send {
@@ -100,7 +109,7 @@ pub struct Relay {
     links: IdMap<LinkId, Holder>,
     next_link: LinkId,
     /// Each backend's pool (by the address of its config), for stateless requests.
-    pools: HashMap<usize, Vec<u64>>,
+    pools: HashMap<PoolKey, Vec<u64>>,
     pub health: Health,
     /// Signs the `requestState` of input rounds.
     signer: Signer,
@@ -144,6 +153,14 @@ impl Relay {
         self.limits = limits;
     }
 
+    /// How long a call of session `sk` may take: its route's `timeout.requestTimeout`, else
+    /// `config.requestTimeout`.
+    fn deadline_for(&self, sk: u64) -> Duration {
+        (self.sessions.get(&sk))
+            .and_then(|s| s.policy.request_timeout)
+            .unwrap_or(self.limits.request_timeout)
+    }
+
     /// The next thing the loop must do.
     pub fn next_action(&mut self) -> Option<Action> {
         if self.actions.is_empty() {
@@ -171,7 +188,8 @@ impl Relay {
     pub fn create_session(
         &mut self,
         backend: Rc<McpBackend>,
-        tls: Option<Rc<BackendTls>>,
+        policy: Rc<RoutePolicy>,
+        credential: Option<&str>,
         legacy: bool,
     ) -> Result<(u64, String), (i64, String)> {
         if self.session_count() >= self.limits.max_sessions {
@@ -190,7 +208,8 @@ impl Relay {
         let sk = self.next_session;
         self.next_session += 1;
         let mut s = Session::new(sid.clone(), backend, Value::Null);
-        s.tls = tls;
+        s.credential = credential.filter(|_| policy.passthrough).map(Rc::from);
+        s.policy = policy;
         s.legacy = legacy;
         s.metric_all = metrics::with(|m| {
             m.sessions_started += 1;
@@ -218,6 +237,24 @@ impl Relay {
         let sk = self.session_key(sid)?;
         let s = self.sessions.get(&sk).filter(|s| s.legacy)?;
         Some((sk, s.get_stream?))
+    }
+
+    /// The credential the session's client sent with a request: when the route passes it
+    /// through and it changed, the session's links use the new one.
+    pub fn credential(&mut self, sk: u64, credential: Option<&str>) {
+        let Some(s) = self.sessions.get_mut(&sk) else {
+            return;
+        };
+        if !s.policy.passthrough || s.pool || s.credential.as_deref() == credential {
+            return;
+        }
+        let credential: Option<Rc<str>> = credential.map(Rc::from);
+        s.credential = credential.clone();
+        let links: Vec<LinkId> = s.targets.iter().filter_map(|t| t.link).collect();
+        for link in links {
+            let credential = credential.clone();
+            self.push(Action::Credential { link, credential });
+        }
     }
 
     /// The client was heard from (the idle TTL starts again).
@@ -312,7 +349,8 @@ impl Relay {
         s.init_params = params;
         s.init_request = Some((reply, client_id));
         let backend = Rc::clone(&s.backend);
-        let tls = s.tls.clone();
+        let policy = Rc::clone(&s.policy);
+        let credential = s.credential.clone();
         let shared = s.pool;
         for (t, target) in backend.targets.iter().enumerate() {
             let metric = metrics::with(|m| m.target(&format!("{}/{}", backend.name, target.name)));
@@ -355,7 +393,8 @@ impl Relay {
                         link,
                         backend: Rc::clone(&backend),
                         target: t,
-                        tls: tls.clone(),
+                        policy: Rc::clone(&policy),
+                        credential: credential.clone(),
                         shared,
                     });
                 }
@@ -450,7 +489,10 @@ impl Relay {
         };
         for w in s.waiting.drain(..) {
             let id = w.msg.get("id").cloned().unwrap_or(Value::Null);
-            let e = jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &why);
+            let mut e = jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &why);
+            if let Some(d) = &s.fail_data {
+                e["error"]["data"] = d.clone();
+            }
             self.actions.push_back(Action::Answer {
                 conn: w.conn,
                 text: Some(serde_json::to_string(&e).unwrap_or_default()),
@@ -558,8 +600,22 @@ impl Relay {
     /// A pool to serve a stateless request for `backend`: the least busy one if it is idle
     /// or no more may be opened (`pool.max`), else a new one (links started and initialized
     /// with the gateway's own identity), shared from then on.
-    pub fn pool_for(&mut self, backend: &Rc<McpBackend>, tls: Option<Rc<BackendTls>>) -> u64 {
-        let key = Rc::as_ptr(backend) as usize;
+    /// With a passthrough target on the route, requests share a pool only with requests
+    /// carrying the same `credential`: an upstream session belongs to whoever authenticated it.
+    pub fn pool_for(
+        &mut self,
+        backend: &Rc<McpBackend>,
+        policy: &Rc<RoutePolicy>,
+        credential: Option<&str>,
+    ) -> u64 {
+        let credential = credential
+            .filter(|_| policy.passthrough)
+            .map(Rc::<str>::from);
+        let key: PoolKey = (
+            Rc::as_ptr(backend) as usize,
+            Rc::as_ptr(policy) as usize,
+            credential.clone(),
+        );
         let open = self.pools.get(&key).map_or(&[][..], Vec::as_slice);
         if let ([only], 1) = (open, backend.pool_max) {
             return *only; // the default: one pool, nothing to weigh
@@ -581,12 +637,15 @@ impl Relay {
         let n = open.len() + 1;
         let sk = self.next_session;
         self.next_session += 1;
-        let id = match n {
-            1 => format!("pool:{}", backend.name),
-            n => format!("pool:{}#{n}", backend.name),
+        let id = match (n, &credential) {
+            (_, Some(_)) => format!("pool:{}@{sk}", backend.name),
+            (1, None) => format!("pool:{}", backend.name),
+            (n, None) => format!("pool:{}#{n}", backend.name),
         };
         let mut s = Session::new(id, Rc::clone(backend), Value::Null);
-        s.tls = tls;
+        s.policy = Rc::clone(policy);
+        s.credential = credential;
+        s.pool_key = Some(key.clone());
         s.pool = true;
         s.metric_all = metrics::with(|m| m.target(&format!("{}/*", backend.name)));
         s.metric_gateway = metrics::with(|m| m.target("gateway"));
@@ -752,7 +811,7 @@ impl Relay {
     /// round, and a signed `requestState`. The call goes on waiting upstream without a client;
     /// a retry that never comes times it out.
     fn finish_round(&mut self, sk: u64, cid: u64) {
-        let ttl = self.limits.request_timeout;
+        let ttl = self.deadline_for(sk);
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
         };
@@ -989,8 +1048,8 @@ impl Relay {
         let Some(s) = self.sessions.get(&sk) else {
             return Vec::new();
         };
-        let key = Rc::as_ptr(&s.backend) as usize;
-        self.pools.get(&key).cloned().unwrap_or_else(|| vec![sk])
+        let found = s.pool_key.as_ref().and_then(|k| self.pools.get(k));
+        found.cloned().unwrap_or_else(|| vec![sk])
     }
 
     /// Sends `resources/subscribe` or `unsubscribe` for a client-facing URI to the target
@@ -1011,7 +1070,7 @@ impl Relay {
             let own = own.unwrap_or(uri).to_string();
             return self.watch_uri(sk, t, &own, method == "resources/subscribe");
         }
-        let timeout = self.limits.request_timeout;
+        let timeout = self.deadline_for(sk);
         let _ = self.start_call(
             sk,
             None,
@@ -1239,7 +1298,7 @@ impl Relay {
                 "too many requests in flight for this session",
             );
         }
-        let timeout = self.limits.request_timeout;
+        let timeout = self.deadline_for(sk);
         let level = params
             .as_ref()
             .and_then(|p| p.get("level"))
@@ -1421,7 +1480,7 @@ impl Relay {
     /// call ends with instead (not a legacy client's call, too many rounds, nothing asked).
     fn ask_legacy_client(&mut self, sk: u64, cid: u64, v: &Value) -> Result<(), Value> {
         let fail = |why: &str| Err(json!({"code": jsonrpc::INTERNAL_ERROR, "message": why}));
-        let timeout = self.limits.request_timeout;
+        let timeout = self.deadline_for(sk);
         let Some(s) = self.sessions.get_mut(&sk) else {
             return fail("session ended");
         };
@@ -2042,6 +2101,8 @@ impl Relay {
             return;
         };
         let mut outcomes = Vec::new();
+        // What the failed targets' errors carried (an upstream's challenge, say).
+        let mut data = Vec::new();
         for (t, _, r) in &call.parts {
             let Some(slot) = s.targets.get_mut(*t) else {
                 continue;
@@ -2060,6 +2121,7 @@ impl Relay {
                         .unwrap_or("initialize failed");
                     slot.state = TargetState::Failed(msg.to_string());
                     outcomes.push((*t, Some(msg.to_string())));
+                    data.extend(e.get("data").cloned());
                 }
                 None => {}
             }
@@ -2091,7 +2153,16 @@ impl Relay {
             .count();
         if ready == 0 || (!failed.is_empty() && s.backend.failure_mode == FailureMode::FailClosed) {
             let why = format!("initialize failed: {}", failed.join("; "));
-            let e = jsonrpc::error(call.client_id, jsonrpc::UPSTREAM_ERROR, &why);
+            let mut e = jsonrpc::error(call.client_id, jsonrpc::UPSTREAM_ERROR, &why);
+            let data = match data.len() {
+                0 => None,
+                1 => data.pop(),
+                _ => Some(json!({ "targets": data })),
+            };
+            if let Some(d) = &data {
+                e["error"]["data"] = d.clone();
+            }
+            s.fail_data = data;
             if let Some(conn) = call.conn {
                 self.push(Action::NoSessionHeader { conn });
             }
@@ -2188,7 +2259,7 @@ impl Relay {
                     return;
                 };
                 if s.targets.get(t).is_some_and(|x| x.watch == Some(uid)) {
-                    return self.watch_ended(sk, t, uid, WatchEnd::Failed(why));
+                    return self.watch_ended(sk, t, uid, WatchEnd::Failed(why.message));
                 }
                 let label = s.targets.get(t).map_or(s.metric_all, |x| x.metric);
                 metrics::with(|m| m.upstream_error(label, UpstreamError::Request));
@@ -2200,7 +2271,10 @@ impl Relay {
                     .get(&cid)
                     .and_then(|c| c.parts.iter().position(|p| p.1 == uid));
                 if let Some(part) = part {
-                    let err = json!({"code": jsonrpc::UPSTREAM_ERROR, "message": why});
+                    let mut err = json!({"code": jsonrpc::UPSTREAM_ERROR, "message": why.message});
+                    if let Some(data) = why.data {
+                        err["data"] = data;
+                    }
                     self.finish_part(sk, cid, part, Err(err));
                 }
             }

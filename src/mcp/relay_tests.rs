@@ -56,7 +56,7 @@ impl Harness {
         };
         let mut relay = Relay::new(limits);
         let (sk, _sid) = relay
-            .create_session(backend(targets, failure), None, false)
+            .create_session(backend(targets, failure), Rc::default(), None, false)
             .expect("session");
         let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
             "protocolVersion":"2025-11-25","capabilities":{"sampling":{}},
@@ -476,7 +476,7 @@ fn ending_a_session_answers_its_calls_and_closes_its_links() {
 fn a_modern_target_serves_a_legacy_client() {
     let mut relay = Relay::new(Limits::default());
     let (sk, _) = relay
-        .create_session(backend(&["m"], "failClosed"), None, false)
+        .create_session(backend(&["m"], "failClosed"), Rc::default(), None, false)
         .expect("session");
     let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
         "protocolVersion":"2025-11-25","capabilities":{"elicitation":{}},
@@ -577,7 +577,7 @@ fn a_modern_target_serves_a_legacy_client() {
 /// A backend's pool over `targets`, each opened and initialized as a legacy server.
 fn ready_pool(targets: &[&str]) -> Harness {
     let mut relay = Relay::new(Limits::default());
-    let sk = relay.pool_for(&backend(targets, "failClosed"), None);
+    let sk = relay.pool_for(&backend(targets, "failClosed"), &Rc::default(), None);
     let mut links = Vec::new();
     for a in drain(&mut relay) {
         let Action::Open { link, .. } = a else {

@@ -4,7 +4,7 @@
 //! SSE stream, or the backlog until one opens).
 
 use super::route::Naming;
-use crate::config::{BackendTls, Era, McpBackend};
+use crate::config::{Era, McpBackend, RoutePolicy};
 use crate::idmap::IdMap;
 use crate::upstream::LinkId;
 use serde_json::Value;
@@ -12,6 +12,10 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::rc::Rc;
 use std::time::Instant;
+
+/// What a pool is kept under: its backend and route policy (by address), and the credential
+/// its links pass through (only when the route has a passthrough target).
+pub type PoolKey = (usize, usize, Option<Rc<str>>);
 
 /// Server-to-client messages kept for a GET stream that is not open yet.
 pub const MAX_BACKLOG: usize = 1024;
@@ -193,8 +197,15 @@ pub struct Session {
     /// goes, and its id) waits for them.
     pub opening: usize,
     pub init_request: Option<(Option<usize>, Value)>,
-    /// The route's backendTLS policy, for the session's HTTP targets.
-    pub tls: Option<Rc<BackendTls>>,
+    /// The route's policies for the session's upstreams.
+    pub policy: Rc<RoutePolicy>,
+    /// The client's `Authorization`, kept when the route passes it through to a target.
+    pub credential: Option<Rc<str>>,
+    /// A pool: what it is kept under (and shares change notifications with).
+    pub pool_key: Option<PoolKey>,
+    /// The `data` of the error the session's `initialize` failed with, for the stateless
+    /// requests that waited on it.
+    pub fail_data: Option<Value>,
     /// Legacy HTTP+SSE session: every message to the client goes on `get_stream`, and the
     /// session ends with it.
     pub legacy: bool,
@@ -261,7 +272,10 @@ impl Session {
             last_active: Instant::now(),
             opening: 0,
             init_request: None,
-            tls: None,
+            policy: Rc::default(),
+            credential: None,
+            pool_key: None,
+            fail_data: None,
             legacy: false,
             pool: false,
             waiting: Vec::new(),

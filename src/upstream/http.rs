@@ -7,8 +7,8 @@
 //! queues, `ready` handles readiness of one connection, `tick` handles deadlines. What the
 //! target says comes back as [`LinkEvent`]s.
 
-use super::{LinkEvent, Registrar};
-use crate::config::Url;
+use super::{Failure, LinkEvent, Registrar};
+use crate::config::{BackendAuth, LinkPolicy, Retry, Url};
 use crate::http::client::{parse_response_head, write_request, BodyDecoder, ResponseHead};
 use crate::http::{sse, Status};
 use crate::idmap::IdMap;
@@ -73,6 +73,34 @@ struct Outgoing {
     resume: Option<(String, u8)>,
     /// A 2026-07-28 request: the headers the relay made for it (it carries no session).
     modern: Option<Vec<(String, String)>>,
+    /// Attempts made before this one (`retry`).
+    attempt: u8,
+    /// A request that may be sent again after any failure (a list, a read).
+    safe: bool,
+}
+
+impl Outgoing {
+    fn new(kind: Kind, body: Vec<u8>, request_id: Option<u64>) -> Outgoing {
+        Outgoing {
+            kind,
+            body,
+            request_id,
+            retried: kind != Kind::Post,
+            resume: None,
+            modern: None,
+            attempt: 0,
+            safe: false,
+        }
+    }
+}
+
+/// Requests that change nothing upstream, so `retry` may send them again after any failure.
+fn safe_to_repeat(method: &str) -> bool {
+    method.ends_with("/list")
+        || matches!(
+            method,
+            "resources/read" | "prompts/get" | "server/discover" | "ping"
+        )
 }
 
 struct Exchange {
@@ -142,6 +170,15 @@ pub struct HttpTarget {
     closing: bool,
     /// At most this many connections at once ([`MAX_CONNS`] unless shared).
     pub max_conns: usize,
+    /// Headers every request carries (`requestHeaderModifier`, a `backendAuth` key).
+    headers: Vec<(String, String)>,
+    /// `backendAuth: passthrough`: where a client's credential goes, and the header made of
+    /// the latest one.
+    passthrough: Option<BackendAuth>,
+    credential: Option<(String, String)>,
+    retry: Option<Retry>,
+    /// Requests waiting for their next attempt.
+    delayed: Vec<(Instant, Outgoing)>,
 }
 
 impl HttpTarget {
@@ -151,8 +188,14 @@ impl HttpTarget {
         flavor: Flavor,
         tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
         request_timeout: Duration,
+        policy: &LinkPolicy,
     ) -> HttpTarget {
         HttpTarget {
+            headers: policy.headers.clone(),
+            passthrough: policy.passthrough.clone(),
+            credential: None,
+            retry: policy.retry.clone().filter(|r| r.attempts > 1),
+            delayed: Vec::new(),
             name: name.to_string(),
             url: url.clone(),
             flavor,
@@ -178,6 +221,15 @@ impl HttpTarget {
         if self.flavor == Flavor::Legacy {
             self.open_stream(reg, out);
         }
+    }
+
+    /// The client's credential for a passthrough target (ignored by others): every request
+    /// from now on carries it.
+    pub fn set_credential(&mut self, client: Option<&str>) {
+        self.credential = match (&self.passthrough, client) {
+            (Some(p), Some(c)) => p.pass(c),
+            _ => None,
+        };
     }
 
     /// The tokens of every open connection.
@@ -210,19 +262,10 @@ impl HttpTarget {
         if method == Some("initialize") {
             self.init_id = request_id;
         }
-        let modern = (!headers.is_empty()).then_some(headers);
-        self.dispatch(
-            reg,
-            Outgoing {
-                kind: Kind::Post,
-                body,
-                request_id,
-                retried: false,
-                resume: None,
-                modern,
-            },
-            out,
-        );
+        let mut o = Outgoing::new(Kind::Post, body, request_id);
+        o.modern = (!headers.is_empty()).then_some(headers);
+        o.safe = method.is_some_and(safe_to_repeat);
+        self.dispatch(reg, o, out);
         // The streamable GET stream is opened once the session is initialized.
         if method == Some("notifications/initialized")
             && self.flavor == Flavor::Streamable
@@ -239,14 +282,7 @@ impl HttpTarget {
         self.abort(reg);
         if self.flavor == Flavor::Streamable && self.session_id.is_some() {
             let mut ignored = Vec::new();
-            let o = Outgoing {
-                kind: Kind::Delete,
-                body: Vec::new(),
-                request_id: None,
-                retried: true,
-                resume: None,
-                modern: None,
-            };
+            let o = Outgoing::new(Kind::Delete, Vec::new(), None);
             self.open_conn(reg, o, &mut ignored);
         }
     }
@@ -255,6 +291,7 @@ impl HttpTarget {
     pub fn abort(&mut self, reg: &mut dyn Registrar) {
         self.closing = true;
         self.queue.clear();
+        self.delayed.clear();
         for (token, mut c) in self.conns.drain() {
             reg.deregister(&mut c.t.sock, token);
         }
@@ -264,6 +301,7 @@ impl HttpTarget {
     /// (the server sees its response stream end). Nothing is reported for it.
     pub fn abandon(&mut self, reg: &mut dyn Registrar, uid: u64, out: &mut Vec<LinkEvent>) {
         self.queue.retain(|o| o.request_id != Some(uid));
+        self.delayed.retain(|(_, o)| o.request_id != Some(uid));
         let busy = self.conns.iter().find(|(_, c)| match &c.state {
             State::Busy(ex) => ex.out.request_id == Some(uid) && ex.out.kind != Kind::Stream,
             State::Idle(_) => false,
@@ -317,16 +355,22 @@ impl HttpTarget {
         self.next_addr = self.next_addr.wrapping_add(1);
         let mut t = match Transport::connect(addr) {
             Ok(t) => t,
-            Err(e) => return self.fail_outgoing(o, &format!("cannot connect to {addr}: {e}"), out),
+            Err(e) => {
+                let why = format!("cannot connect to {addr}: {e}");
+                return self.fail_outgoing(o, &why, true, out);
+            }
         };
         if let Some((cfg, name)) = &self.tls {
             if let Err(e) = t.start_tls(Arc::clone(cfg), name.clone()) {
-                return self.fail_outgoing(o, &e, out);
+                return self.fail_outgoing(o, &e, false, out);
             }
         }
         let token = match reg.register(&mut t.sock, Interest::READABLE | Interest::WRITABLE) {
             Ok(tok) => tok,
-            Err(e) => return self.fail_outgoing(o, &format!("cannot register socket: {e}"), out),
+            Err(e) => {
+                let why = format!("cannot register socket: {e}");
+                return self.fail_outgoing(o, &why, true, out);
+            }
         };
         let mut c = Conn {
             t,
@@ -372,7 +416,10 @@ impl HttpTarget {
 
     fn write_request(&self, c: &mut Conn, o: &Outgoing) {
         let host = self.url.authority();
-        let mut headers: Vec<(&str, &str)> = Vec::new();
+        let mut headers: Vec<(&str, &str)> = (self.headers.iter())
+            .chain(&self.credential)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let streamable = self.flavor == Flavor::Streamable;
         if let Some(m) = &o.modern {
             headers.extend(m.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -412,14 +459,7 @@ impl HttpTarget {
     }
 
     fn open_stream(&mut self, reg: &mut dyn Registrar, out: &mut Vec<LinkEvent>) {
-        let o = Outgoing {
-            kind: Kind::Stream,
-            body: Vec::new(),
-            request_id: None,
-            retried: true,
-            resume: None,
-            modern: None,
-        };
+        let o = Outgoing::new(Kind::Stream, Vec::new(), None);
         self.stream = StreamState::RetryAt(Instant::now() + self.stream_delay);
         self.open_conn(reg, o, out);
     }
@@ -647,6 +687,9 @@ impl HttpTarget {
         let mut ex = *ex;
         let head = ex.head.take();
         let status = head.as_ref().map_or(0, |h| h.status);
+        let challenge = (head.as_ref())
+            .and_then(|h| h.header("www-authenticate"))
+            .map(str::to_string);
         let keep = head.as_ref().is_some_and(ResponseHead::keep_alive)
             && ex
                 .body
@@ -672,7 +715,7 @@ impl HttpTarget {
                 out,
             );
         }
-        self.outcome(reg, &ex, status, out);
+        self.outcome(reg, ex, status, challenge, out);
         // One idle connection is kept for the next message; more would only hold sockets
         // (and threads, in thread-per-connection upstreams) for nothing.
         let another_idle = self
@@ -693,8 +736,9 @@ impl HttpTarget {
     fn outcome(
         &mut self,
         reg: &mut dyn Registrar,
-        ex: &Exchange,
+        ex: Exchange,
         status: u16,
+        challenge: Option<String>,
         out: &mut Vec<LinkEvent>,
     ) {
         let name = &self.name;
@@ -704,6 +748,7 @@ impl HttpTarget {
                 if self.flavor == Flavor::Legacy {
                     out.push(LinkEvent::Fatal(match status {
                         200..=299 => "the upstream closed its SSE stream".to_string(),
+                        401 | 403 => auth_failure(name, status, challenge.as_deref()).message,
                         s => format!("the SSE stream was refused with HTTP {s}"),
                     }));
                     return;
@@ -720,9 +765,11 @@ impl HttpTarget {
                         self.stream = StreamState::RetryAt(Instant::now() + self.stream_delay);
                     }
                     s => {
-                        out.push(LinkEvent::Log(format!(
-                            "{name}: GET stream refused with HTTP {s}; retrying"
-                        )));
+                        let why = match s {
+                            401 | 403 => auth_failure(name, s, challenge.as_deref()).message,
+                            s => format!("{name}: GET stream refused with HTTP {s}"),
+                        };
+                        out.push(LinkEvent::Log(format!("{why}; retrying")));
                         self.retry_stream_later();
                     }
                 }
@@ -739,11 +786,15 @@ impl HttpTarget {
                     }
                     (200..=299, false, _) => out.push(LinkEvent::RequestFailed(
                         id,
-                        format!("target {name} ended its stream without an answer"),
+                        format!("target {name} ended its stream without an answer").into(),
+                    )),
+                    (s @ (401 | 403), _, _) => out.push(LinkEvent::RequestFailed(
+                        id,
+                        auth_failure(name, s, challenge.as_deref()),
                     )),
                     (s, _, _) => out.push(LinkEvent::RequestFailed(
                         id,
-                        format!("target {name} refused to resume its stream (HTTP {s})"),
+                        format!("target {name} refused to resume its stream (HTTP {s})").into(),
                     )),
                 }
             }
@@ -756,21 +807,29 @@ impl HttpTarget {
                         ));
                         return;
                     }
-                    s => Some(format!(
+                    401 | 403 => Some(auth_failure(name, status, challenge.as_deref())),
+                    s => Some(Failure::from(format!(
                         "target {name} answered HTTP {s}{}",
                         snippet(&ex.data)
-                    )),
+                    ))),
                 };
                 let Some(id) = ex.out.request_id else {
                     if let Some(why) = failed {
-                        out.push(LinkEvent::Log(why));
+                        out.push(LinkEvent::Log(why.message));
                     }
                     return;
                 };
                 if ex.answered || self.flavor == Flavor::Legacy && failed.is_none() {
                     return;
                 }
+                let listed = self
+                    .retry
+                    .as_ref()
+                    .is_some_and(|r| r.codes.contains(&status));
                 if let Some(why) = failed {
+                    if listed && ex.out.safe && self.can_retry(&ex.out) {
+                        return self.try_again(ex.out, &why.message, out);
+                    }
                     out.push(LinkEvent::RequestFailed(id, why));
                 } else if let (true, Some(last)) = (ex.sse, ex.last_event_id.clone()) {
                     // The server ended the POST stream early (SSE polling, SEP-1699): resume it
@@ -779,12 +838,12 @@ impl HttpTarget {
                 } else if !ex.sse {
                     out.push(LinkEvent::RequestFailed(
                         id,
-                        format!("target {name} sent no answer (HTTP {status})"),
+                        format!("target {name} sent no answer (HTTP {status})").into(),
                     ));
                 } else {
                     out.push(LinkEvent::RequestFailed(
                         id,
-                        format!("target {name} ended its stream without an answer"),
+                        format!("target {name} ended its stream without an answer").into(),
                     ));
                 }
             }
@@ -799,14 +858,8 @@ impl HttpTarget {
         tries: u8,
         out: &mut Vec<LinkEvent>,
     ) {
-        let o = Outgoing {
-            kind: Kind::Resume,
-            body: Vec::new(),
-            request_id: Some(id),
-            retried: true,
-            resume: Some((last, tries)),
-            modern: None,
-        };
+        let mut o = Outgoing::new(Kind::Resume, Vec::new(), Some(id));
+        o.resume = Some((last, tries));
         self.dispatch(reg, o, out);
     }
 
@@ -868,18 +921,53 @@ impl HttpTarget {
             return;
         };
         reg.deregister(&mut c.t.sock, token);
+        // Nothing reached the upstream if the connection never came up (refused, say).
+        let unsent = !c.connected;
         if let State::Busy(ex) = c.state {
-            self.fail_outgoing(ex.out, why, out);
+            self.fail_outgoing(ex.out, why, unsent, out);
         }
     }
 
-    fn fail_outgoing(&mut self, o: Outgoing, why: &str, out: &mut Vec<LinkEvent>) {
-        let name = &self.name;
+    /// Whether `retry` leaves another attempt for this request.
+    fn can_retry(&self, o: &Outgoing) -> bool {
+        let left = |r: &Retry| o.attempt + 1 < r.attempts;
+        o.kind == Kind::Post && !self.closing && self.retry.as_ref().is_some_and(left)
+    }
+
+    /// Queues the next attempt of a failed POST (after `can_retry`), after the backoff.
+    fn try_again(&mut self, mut o: Outgoing, why: &str, out: &mut Vec<LinkEvent>) {
+        let (attempts, backoff) = match &self.retry {
+            Some(r) => (r.attempts, r.backoff),
+            None => return,
+        };
+        o.attempt += 1;
+        o.retried = true;
+        out.push(LinkEvent::Log(format!(
+            "{}: {why}; attempt {} of {attempts} in {} ms",
+            self.name,
+            o.attempt + 1,
+            backoff.as_millis()
+        )));
+        self.delayed.push((Instant::now() + backoff, o));
+    }
+
+    /// A request that could not be sent or answered: tried again if `retry` allows it (a
+    /// request safe to repeat, or one that never left), else failed.
+    fn fail_outgoing(&mut self, o: Outgoing, why: &str, unsent: bool, out: &mut Vec<LinkEvent>) {
+        if o.request_id.is_some() && (o.safe || unsent) && self.can_retry(&o) {
+            let why = format!("target {}: {why}", self.name);
+            return self.try_again(o, &why, out);
+        }
+        let name = self.name.clone();
+        self.fail_outgoing_now(o, why, &name, out)
+    }
+
+    fn fail_outgoing_now(&mut self, o: Outgoing, why: &str, name: &str, out: &mut Vec<LinkEvent>) {
         match o.kind {
             Kind::Post | Kind::Resume => match o.request_id {
                 Some(id) => out.push(LinkEvent::RequestFailed(
                     id,
-                    format!("target {name}: {why}"),
+                    format!("target {name}: {why}").into(),
                 )),
                 None => out.push(LinkEvent::Log(format!(
                     "{name}: a notification was lost: {why}"
@@ -967,6 +1055,15 @@ impl HttpTarget {
         if self.closing {
             return;
         }
+        if !self.delayed.is_empty() {
+            let (due, later) = std::mem::take(&mut self.delayed)
+                .into_iter()
+                .partition::<Vec<_>, _>(|(at, _)| *at <= now);
+            self.delayed = later;
+            for (_, o) in due {
+                self.dispatch(reg, o, out);
+            }
+        }
         if let StreamState::RetryAt(at) = self.stream {
             if at <= now && self.flavor == Flavor::Streamable {
                 self.open_stream(reg, out);
@@ -1034,6 +1131,25 @@ fn parse_messages(
             }
         }
         out.push(LinkEvent::Message(m));
+    }
+}
+
+/// An upstream's 401 or 403: what to configure, and its challenge for the client to see.
+fn auth_failure(name: &str, status: u16, challenge: Option<&str>) -> Failure {
+    let (reason, hint) = match status {
+        401 => ("Unauthorized", "set backendAuth on the route or target"),
+        _ => (
+            "Forbidden",
+            "the credential was refused; check backendAuth on the route or target",
+        ),
+    };
+    Failure {
+        message: format!("target {name}: upstream answered {status} {reason}; {hint}"),
+        data: Some(serde_json::json!({
+            "target": name,
+            "status": status,
+            "wwwAuthenticate": challenge,
+        })),
     }
 }
 

@@ -7,7 +7,7 @@
 use super::http::{Flavor, HttpTarget};
 use super::stdio::{ReadOutcome, StdioChild};
 use super::{LinkEvent, LinkId, Registrar};
-use crate::config::{BackendTls, Target, TargetKind, Url};
+use crate::config::{BackendTls, RoutePolicy, Target, TargetKind, Url};
 use crate::idmap::IdMap;
 use crate::jsonrpc;
 use crate::tls::{self, TlsOptions};
@@ -108,14 +108,16 @@ impl Links {
     }
 
     /// Opens link `id` to `target`: spawns a stdio child, or prepares an HTTP session (a
-    /// legacy SSE one opens its stream at once). `shared`: the link serves many stateless
+    /// legacy SSE one opens its stream at once) with the route's `policy` for it and the
+    /// client's `credential` (for passthrough). `shared`: the link serves many stateless
     /// clients, so an HTTP one may hold more requests open at once. Err: why it could not be
     /// opened.
     pub fn open(
         &mut self,
         id: LinkId,
         target: &Target,
-        tls: Option<&BackendTls>,
+        policy: &RoutePolicy,
+        credential: Option<&str>,
         shared: bool,
         reg: &mut dyn LinkRegistry,
     ) -> Result<Vec<LinkEvent>, String> {
@@ -138,9 +140,11 @@ impl Links {
                     TargetKind::Sse(_) => Flavor::Legacy,
                     _ => Flavor::Streamable,
                 };
-                let tls = self.tls_for(url, tls)?;
-                let mut http =
-                    HttpTarget::new(&target.name, url, flavor, tls, self.request_timeout);
+                let lp = policy.for_target(target);
+                let tls = self.tls_for(url, lp.tls.as_deref())?;
+                let timeout = lp.timeout.unwrap_or(self.request_timeout);
+                let mut http = HttpTarget::new(&target.name, url, flavor, tls, timeout, &lp);
+                http.set_credential(credential);
                 if shared {
                     http.max_conns = super::http::SHARED_MAX_CONNS;
                 }
@@ -213,9 +217,20 @@ impl Links {
             uid.filter(|_| msg.get("method").is_some())
         };
         if let Some((why, uid)) = failed.and_then(|why| Some((why, request_id()?))) {
-            events.push(LinkEvent::RequestFailed(uid, why));
+            events.push(LinkEvent::RequestFailed(uid, why.into()));
         }
         events
+    }
+
+    /// A passthrough target's link gets the client's new credential (others ignore it).
+    pub fn set_credential(&mut self, id: LinkId, credential: Option<&str>) {
+        if let Some(Link {
+            transport: Transport::Http(http),
+            ..
+        }) = self.map.get_mut(&id)
+        {
+            http.set_credential(credential);
+        }
     }
 
     /// Readiness of one of a link's sources; `closed`: the event reported the peer's close.

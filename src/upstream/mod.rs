@@ -24,11 +24,27 @@ pub enum LinkEvent {
     /// be relayed without a `Value` tree.
     Answer(u64, Box<serde_json::value::RawValue>),
     /// The request with this upstream id will get no answer.
-    RequestFailed(u64, String),
+    RequestFailed(u64, Failure),
     /// The link is unusable.
     Fatal(String),
     /// Worth a log line.
     Log(String),
+}
+
+/// Why a request failed: the message for the client's JSON-RPC error, and its `data`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub message: String,
+    pub data: Option<Value>,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            data: None,
+        }
+    }
 }
 
 /// Lends the loop's `Poll` and token table to a link, so it can watch its sockets and pipes
