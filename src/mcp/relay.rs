@@ -1703,7 +1703,14 @@ impl Relay {
         let s = self.sessions.get(&sk).ok_or("session ended")?;
         let slot = s.targets.get(t).ok_or("no such target")?;
         let Some(link) = slot.link else {
-            return Err(format!("target {} is not running", slot.name));
+            // Why it stopped says more than that it did (an upstream's 401, say).
+            return Err(match &slot.state {
+                TargetState::Failed(why) if why.starts_with(&format!("target {}", slot.name)) => {
+                    why.clone()
+                }
+                TargetState::Failed(why) => format!("target {}: {why}", slot.name),
+                _ => format!("target {} is not running", slot.name),
+            });
         };
         // A modern target has no session to be told about, and over HTTP no way to take a
         // notification at all (a call is cancelled there by closing its stream).
