@@ -465,6 +465,15 @@ data: [1, 2,
             let _ = w.shutdown(Shutdown::Both);
             Ok(false)
         }
+        "ok_then_close_unread" => {
+            // A kept-alive answer; the next request arrives on the connection, and the server
+            // closes it unread (the race of a server's idle timeout against a reuse).
+            json_reply(w, None, &ok(&format!("ok {text}")))?;
+            w.set_read_timeout(Some(BARRIER))?;
+            let _ = w.peek(&mut [0u8; 1]);
+            let _ = w.shutdown(Shutdown::Both);
+            Ok(false)
+        }
         _ => {
             let err = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": format!("unknown tool {tool}")}});
             json_reply(w, None, &err)?;
@@ -688,6 +697,28 @@ fn connection_closed_while_idle_is_replaced() {
         .filter(|x| x.tool.as_deref() == Some("ok_then_close"))
         .count();
     assert_eq!(calls, 5, "a call was sent more than once upstream");
+}
+
+#[test]
+fn request_on_a_connection_closed_under_it_is_sent_again() {
+    let fake = Fake::start(false);
+    let gw = Gateway::start(&http_config("", &fake.url()));
+    let s = gw.session();
+    for i in 0..3 {
+        let r = s.tool(
+            "ok_then_close_unread",
+            json!({"message": format!("round {i}")}),
+        );
+        assert_eq!(tool_text(&r), format!("ok round {i}"), "{r}");
+        // Goes out on the connection just used, which the fake closes without reading it.
+        ok_call(&s, &format!("next {i}"));
+    }
+    let oks = fake
+        .seen()
+        .iter()
+        .filter(|x| x.tool.as_deref() == Some("ok"))
+        .count();
+    assert_eq!(oks, 3, "each call reached the server once");
 }
 
 #[test]

@@ -540,9 +540,9 @@ impl HttpTarget {
                     c.t.write(&c.wbuf, &mut c.wpos)
                 };
                 match r {
-                    Io::Error(e) => return self.fail_conn(reg, token, &e, out),
+                    Io::Error(e) => return self.broken(reg, token, &e, out),
                     Io::Closed if step != 1 => {
-                        return self.fail_conn(reg, token, "connection closed while sending", out)
+                        return self.broken(reg, token, "connection closed while sending", out)
                     }
                     r if step == 1 => io = r,
                     _ => {}
@@ -567,7 +567,7 @@ impl HttpTarget {
                 Io::More => continue,
                 Io::WouldBlock => return,
                 Io::Closed => return self.on_eof(reg, token, out),
-                Io::Error(e) => return self.fail_conn(reg, token, &e, out),
+                Io::Error(e) => return self.broken(reg, token, &e, out),
             }
         }
     }
@@ -882,18 +882,7 @@ impl HttpTarget {
                         self.finish(reg, token, out);
                     }
                     self.drop_conn(reg, token);
-                } else if ex.head.is_none() && c.reused && !ex.out.retried {
-                    // A kept-alive connection the server had already closed: send again.
-                    let Some(mut c) = self.conns.remove(&token) else {
-                        return;
-                    };
-                    reg.deregister(&mut c.t.sock, token);
-                    let State::Busy(ex) = c.state else {
-                        return;
-                    };
-                    let mut o = ex.out;
-                    o.retried = true;
-                    self.queue.push_front(o);
+                } else if self.resend_if_stale(reg, token, out) {
                 } else {
                     self.fail_conn(
                         reg,
@@ -903,6 +892,56 @@ impl HttpTarget {
                     );
                 }
             }
+        }
+    }
+
+    /// A kept-alive connection the server had closed before it read our request (it ended or
+    /// was reset before any byte of an answer): the request is sent again on a fresh
+    /// connection, once. Whether the server saw it cannot be known, but a server that closes
+    /// an idle connection does so between requests. False: not that case.
+    fn resend_if_stale(
+        &mut self,
+        reg: &mut dyn Registrar,
+        token: Token,
+        out: &mut Vec<LinkEvent>,
+    ) -> bool {
+        let stale = self.conns.get(&token).is_some_and(|c| {
+            c.reused
+                && c.rbuf.is_empty()
+                && matches!(&c.state, State::Busy(ex) if ex.head.is_none() && !ex.out.retried)
+        });
+        if !stale {
+            return false;
+        }
+        let Some(mut c) = self.conns.remove(&token) else {
+            return false;
+        };
+        reg.deregister(&mut c.t.sock, token);
+        if self.stream == StreamState::Open(token) {
+            self.stream = StreamState::RetryAt(Instant::now());
+        }
+        if let State::Busy(ex) = c.state {
+            let mut o = ex.out;
+            if o.kind == Kind::Post {
+                o.retried = true;
+                self.queue.push_front(o);
+            }
+        }
+        self.pump(reg, out);
+        true
+    }
+
+    /// A write or read failed: a stale kept-alive connection's request goes again, else the
+    /// exchange fails.
+    fn broken(
+        &mut self,
+        reg: &mut dyn Registrar,
+        token: Token,
+        why: &str,
+        out: &mut Vec<LinkEvent>,
+    ) {
+        if !self.resend_if_stale(reg, token, out) {
+            self.fail_conn(reg, token, why, out);
         }
     }
 

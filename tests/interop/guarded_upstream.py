@@ -9,8 +9,8 @@ and, for each HTTP request the gateway makes:
 - applies the first matching fault, if any (`faults`: a list of [jsonrpc method, action]; an
   action is an HTTP status to answer with, or "stall" to never answer), each used once;
 - else forwards the request to 127.0.0.1:backend_port and streams the answer back (SSE
-  included). One request per connection: the upstream is asked for `Connection: close`, so the
-  gateway cannot reuse it.
+  included). One request per connection: the answer the gateway gets says `Connection: close`
+  and the guard closes after it.
 
 `listen_later=True` reserves the port without listening, so connections are refused until
 `.listen()` (the retry test's "refused before anything was sent").  Runs its own event loop in a
@@ -148,9 +148,7 @@ class Guard:
             out.append("Connection: close")
             up_writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + body)
             await up_writer.drain()
-            while data := await up_reader.read(65536):
-                writer.write(data)
-                await writer.drain()
+            await relay_response(up_reader, writer)
         finally:
             self.writers.discard(up_writer)
             up_writer.close()
@@ -175,6 +173,42 @@ class Guard:
             finally:
                 self.loop.call_soon_threadsafe(self.loop.stop)
                 self.thread.join(timeout=5)
+
+
+async def relay_response(up: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copies one HTTP response, its head saying `Connection: close` whatever the upstream
+    said, and returns at its end (by Content-Length, chunked framing, or the upstream closing):
+    an upstream may keep the connection alive even when asked not to."""
+    head = await up.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    kept = [ln for ln in lines[1:] if ln and not ln.lower().startswith("connection:")]
+    lower = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in kept)}
+    out = "\r\n".join([lines[0], *kept, "Connection: close"]) + "\r\n\r\n"
+    writer.write(out.encode("latin-1"))
+    status = int(lines[0].split(" ", 2)[1])
+    if status in (204, 304) or 100 <= status < 200:
+        await writer.drain()
+        return
+    if "chunked" in lower.get("transfer-encoding", "").lower():
+        while True:
+            size_line = await up.readuntil(b"\r\n")
+            size = int(size_line.split(b";")[0].strip(), 16)
+            writer.write(size_line)
+            if size == 0:
+                # Trailers (usually none), then the blank line that ends the message.
+                while (line := await up.readuntil(b"\r\n")) != b"\r\n":
+                    writer.write(line)
+                writer.write(b"\r\n")
+                break
+            writer.write(await up.readexactly(size + 2))
+            await writer.drain()
+    elif "content-length" in lower:
+        writer.write(await up.readexactly(int(lower["content-length"])))
+    else:
+        while data := await up.read(65536):
+            writer.write(data)
+            await writer.drain()
+    await writer.drain()
 
 
 def port_is_closed(port: int) -> bool:

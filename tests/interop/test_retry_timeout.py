@@ -80,7 +80,10 @@ def test_request_timeout_ends_a_stalled_call(gateway, upstream, guards):
         res = await step("tools/call echo", s.call_tool("echo", {"message": "after"}))
         assert "after" in text_of(res.content), res
 
-    run_client(gw.mcp, body)
+    try:
+        run_client(gw.mcp, body)
+    finally:
+        print("SEEN", [(r["method"], r["rpc"]) for r in g.seen], g.errors)
     assert 1.5 <= took[0] <= 8, f"the stalled call ended after {took[0]:.1f} s, not about 2 s"
 
 
