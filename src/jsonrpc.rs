@@ -11,6 +11,8 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
 /// Implementation-defined server errors (-32000..-32099): an upstream failed or timed out.
 pub const UPSTREAM_ERROR: i64 = -32000;
+/// The same server-error code for a request refused before MCP (a foreign Host or Origin).
+pub const REFUSED: i64 = -32000;
 pub const REQUEST_TIMEOUT: i64 = -32001;
 /// 2026-07-28: an HTTP header disagrees with the body (`MCP-Protocol-Version`, `Mcp-Method`,
 /// `Mcp-Name`).

@@ -83,7 +83,10 @@ pub fn request(
         Decision::Metrics => return Some(Page::Metrics),
         Decision::Forbidden(why) => {
             warn!("refused {} {}: {why}", req.method, req.path);
-            c.respond_text(403, &format!("{why}\n"), keep_alive);
+            // A JSON-RPC error, as for any request the gateway cannot accept (the SDKs' own
+            // servers answer a rebinding attempt the same way).
+            let e = jsonrpc::error(Value::Null, jsonrpc::REFUSED, why);
+            c.respond_json(403, &[], &e, keep_alive);
             return None;
         }
         Decision::Reply(r) => {
