@@ -2607,4 +2607,27 @@ mcp:
             assert!(Config::parse(text).is_err(), "{text:?}");
         }
     }
+
+    #[test]
+    fn readme_lists_every_unsupported_field() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("### agentgateway compatibility")
+            .expect("README has the compatibility section");
+        let section = &readme[start..];
+        let section = &section[..section.find("\n### Settings").unwrap_or(section.len())];
+        let lists: [&[&str]; 5] = [
+            &TOP_UNSUPPORTED,
+            &CONFIG_UNSUPPORTED,
+            &ROUTE_UNSUPPORTED,
+            &BACKEND_UNSUPPORTED,
+            &AUTH_UNSUPPORTED,
+        ];
+        for field in lists.iter().flat_map(|l| l.iter()) {
+            assert!(
+                section.contains(&format!("`{field}`")),
+                "README's list of unsupported agentgateway fields lacks `{field}`"
+            );
+        }
+    }
 }
