@@ -27,6 +27,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import free_port
 
 CHALLENGE = 'Bearer realm="guard", error="invalid_token"'
@@ -209,6 +211,21 @@ async def relay_response(up: asyncio.StreamReader, writer: asyncio.StreamWriter)
             writer.write(data)
             await writer.drain()
     await writer.drain()
+
+
+@pytest.fixture
+def guards():
+    """guards(backend_port, ...) makes a Guard that is stopped when the test ends."""
+    made: list[Guard] = []
+
+    def make(*args: Any, **kw: Any) -> Guard:
+        g = Guard(*args, **kw)
+        made.append(g)
+        return g
+
+    yield make
+    for g in made:
+        g.stop()
 
 
 def port_is_closed(port: int) -> bool:

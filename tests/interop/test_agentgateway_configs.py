@@ -35,7 +35,7 @@ import pytest
 from mcp import ClientSession
 
 from conftest import EVERYTHING_JS, MCPLEX_BIN, MCPLEX_DEMO_BIN, NODE22, free_port
-from guarded_upstream import Guard
+from guarded_upstream import guards  # noqa: F401 (a fixture)
 from mcp_client import all_tools, run_client, step, text_of
 from test_backend_auth import initialize
 
@@ -294,14 +294,13 @@ def test_dns_rebinding_protection_on_the_backend(agw, protect):
         assert status == 200 and "result" in msg, (status, msg)
 
 
-def test_a_target_naming_a_host_backend_takes_its_policies(agw, everything_http):
+def test_a_target_naming_a_host_backend_takes_its_policies(agw, everything_http, guards):
     up = everything_http("streamableHttp")
     token = "agw-compat-" + os.urandom(8).hex()
-    g = Guard(up.port, token=token)
-    try:
-        port = free_port()
-        gw = agw(
-            f"""\
+    g = guards(up.port, token=token)
+    port = free_port()
+    gw = agw(
+        f"""\
 backends:
 - name: remote
   host: 127.0.0.1:{g.port}
@@ -320,19 +319,17 @@ binds:
               backend: remote
               path: /mcp
 """,
-            port,
-        )
+        port,
+    )
 
-        async def body(s: ClientSession) -> None:
-            res = await step("tools/call echo", s.call_tool("echo", {"message": "via the named backend"}))
-            assert "via the named backend" in text_of(res.content), res
+    async def body(s: ClientSession) -> None:
+        res = await step("tools/call echo", s.call_tool("echo", {"message": "via the named backend"}))
+        assert "via the named backend" in text_of(res.content), res
 
-        run_client(gw.mcp, body)
-        auths = {r["headers"].get("authorization") for r in g.seen}
-        assert auths == {f"Bearer {token}"}, auths
-        assert token not in gw.log(), "the credential reached a log line"
-    finally:
-        g.stop()
+    run_client(gw.mcp, body)
+    auths = {r["headers"].get("authorization") for r in g.seen}
+    assert auths == {f"Bearer {token}"}, auths
+    assert token not in gw.log(), "the credential reached a log line"
 
 
 # ---------------------------------------------------------------- what is not implemented

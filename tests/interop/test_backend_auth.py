@@ -32,26 +32,12 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from conftest import MCPLEX_BIN, demo_target, free_port
-from guarded_upstream import CHALLENGE, Guard
+from guarded_upstream import CHALLENGE, Guard, guards  # noqa: F401 (a fixture)
 from mcp_client import STEP_TIMEOUT_S, all_tools, run_client, step, text_of
 from test_upstream_tls import make_certs
 
 TOKEN = "tok-" + secrets.token_hex(16)
 MODERN = "2026-07-28"
-
-
-@pytest.fixture
-def guards():
-    made: list[Guard] = []
-
-    def make(*args: Any, **kw: Any) -> Guard:
-        g = Guard(*args, **kw)
-        made.append(g)
-        return g
-
-    yield make
-    for g in made:
-        g.stop()
 
 
 @pytest.fixture

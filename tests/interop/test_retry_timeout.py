@@ -20,7 +20,7 @@ import pytest
 from mcp import ClientSession
 from mcp.shared.exceptions import MCPError
 
-from guarded_upstream import Guard
+from guarded_upstream import guards  # noqa: F401 (a fixture)
 from mcp_client import all_tools, run_client, step, text_of
 from test_backend_auth import initialize, target, wait_for
 
@@ -28,20 +28,6 @@ from test_backend_auth import initialize, target, wait_for
 @pytest.fixture
 def upstream(everything_http):
     return everything_http("streamableHttp")
-
-
-@pytest.fixture
-def guards():
-    made: list[Guard] = []
-
-    def make(*args: Any, **kw: Any) -> Guard:
-        g = Guard(*args, **kw)
-        made.append(g)
-        return g
-
-    yield make
-    for g in made:
-        g.stop()
 
 
 def route(policies: dict, *targets: dict) -> dict:
