@@ -127,6 +127,20 @@ pub struct Bind {
     pub listeners: Vec<Listener>,
 }
 
+impl Bind {
+    /// Whether a route of this port turns upstream certificate verification off
+    /// (`backendTLS.insecure` on the route, its backend or a target).
+    pub fn skips_tls_verification(&self) -> bool {
+        let routes = self.listeners.iter().flat_map(|l| l.routes.iter());
+        routes
+            .flat_map(|r| {
+                let own = r.backend.targets.iter().map(|t| t.policies.tls.as_ref());
+                own.chain([r.policy.upstream.tls.as_ref()])
+            })
+            .any(|t| t.is_some_and(|t| t.options.insecure))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub name: Option<String>,

@@ -130,16 +130,6 @@ pub struct Gateway {
     started: Instant,
 }
 
-/// The request limits and the most a connection may buffer, from the settings.
-fn http_limits(l: &crate::config::Limits) -> (HttpLimits, usize) {
-    let limits = HttpLimits {
-        max_head: l.max_header_bytes,
-        max_headers: l.max_headers,
-        max_body: l.max_body_bytes,
-    };
-    (limits, l.max_header_bytes + l.max_body_bytes + 64 * 1024)
-}
-
 impl Gateway {
     /// Binds every listener and installs signal handling.
     pub fn new(cfg: Config) -> io::Result<Gateway> {
@@ -169,7 +159,7 @@ impl Gateway {
         }
         log::set_level(cfg.limits.log_level);
         log::set_access_log(cfg.limits.access_log);
-        let (http_limits, read_limit) = http_limits(&cfg.limits);
+        let (http_limits, read_limit) = HttpLimits::from_settings(&cfg.limits);
         let mut timers = Timers::default();
         timers.add(Instant::now() + SWEEP_EVERY, Timer::Sweep);
         Ok(Gateway {
@@ -229,14 +219,7 @@ impl Gateway {
             log!("listening on {a}");
         }
         for (b, bind) in self.cfg.binds.iter().enumerate() {
-            let routes = bind.listeners.iter().flat_map(|l| l.routes.iter());
-            if routes
-                .flat_map(|r| {
-                    let own = r.backend.targets.iter().map(|t| t.policies.tls.as_ref());
-                    own.chain([r.policy.upstream.tls.as_ref()])
-                })
-                .any(|t| t.is_some_and(|t| t.options.insecure))
-            {
+            if bind.skips_tls_verification() {
                 warn!(
                     "WARNING: backendTLS insecure: true on a route of bind {b} ({}): upstream certificates are NOT verified",
                     bind.addr
@@ -492,7 +475,7 @@ impl Gateway {
             log!("{why}: {path} not reloaded: its binds differ; restart mcplex to change ports or addresses");
             return;
         }
-        (self.http_limits, self.read_limit) = http_limits(&new.limits);
+        (self.http_limits, self.read_limit) = HttpLimits::from_settings(&new.limits);
         log::set_level(new.limits.log_level);
         log::set_access_log(new.limits.access_log);
         self.relay.set_limits(new.limits.clone());

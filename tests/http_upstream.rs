@@ -680,45 +680,42 @@ fn initialize_error_names_the_target_once() {
     );
 }
 
-#[test]
-fn connection_closed_while_idle_is_replaced() {
+/// Rounds of a call to `tool` (the fake answers it, then closes the connection its way) and
+/// an `ok` call right after, which may go out on that connection: every call is answered,
+/// and each reached the server exactly once.
+fn calls_survive_a_closed_connection(tool: &str, rounds: usize) {
     let fake = Fake::start(false);
     let gw = Gateway::start(&http_config("", &fake.url()));
     let s = gw.session();
-    for i in 0..5 {
-        let r = s.tool("ok_then_close", json!({"message": format!("round {i}")}));
+    for i in 0..rounds {
+        let r = s.tool(tool, json!({"message": format!("round {i}")}));
         assert_eq!(tool_text(&r), format!("ok round {i}"), "{r}");
-        // Immediately after: the connection just used may not look closed yet.
         ok_call(&s, &format!("next {i}"));
     }
-    let calls = fake
-        .seen()
-        .iter()
-        .filter(|x| x.tool.as_deref() == Some("ok_then_close"))
-        .count();
-    assert_eq!(calls, 5, "a call was sent more than once upstream");
+    let seen = fake.seen();
+    let count = |name: &str| {
+        (seen.iter())
+            .filter(|x| x.tool.as_deref() == Some(name))
+            .count()
+    };
+    assert_eq!(
+        count(tool),
+        rounds,
+        "a {tool} call was sent more than once upstream"
+    );
+    assert_eq!(count("ok"), rounds, "each call reached the server once");
+}
+
+#[test]
+fn connection_closed_while_idle_is_replaced() {
+    // The server drops the idle connection; just after, it may not look closed yet.
+    calls_survive_a_closed_connection("ok_then_close", 5);
 }
 
 #[test]
 fn request_on_a_connection_closed_under_it_is_sent_again() {
-    let fake = Fake::start(false);
-    let gw = Gateway::start(&http_config("", &fake.url()));
-    let s = gw.session();
-    for i in 0..3 {
-        let r = s.tool(
-            "ok_then_close_unread",
-            json!({"message": format!("round {i}")}),
-        );
-        assert_eq!(tool_text(&r), format!("ok round {i}"), "{r}");
-        // Goes out on the connection just used, which the fake closes without reading it.
-        ok_call(&s, &format!("next {i}"));
-    }
-    let oks = fake
-        .seen()
-        .iter()
-        .filter(|x| x.tool.as_deref() == Some("ok"))
-        .count();
-    assert_eq!(oks, 3, "each call reached the server once");
+    // The next request arrives on the connection, which the fake closes unread.
+    calls_survive_a_closed_connection("ok_then_close_unread", 3);
 }
 
 #[test]

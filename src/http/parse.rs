@@ -14,6 +14,18 @@ pub struct Limits {
     pub max_body: usize,
 }
 
+impl Limits {
+    /// The request limits and the most a connection may buffer, from the settings.
+    pub fn from_settings(l: &crate::config::Limits) -> (Limits, usize) {
+        let limits = Limits {
+            max_head: l.max_header_bytes,
+            max_headers: l.max_headers,
+            max_body: l.max_body_bytes,
+        };
+        (limits, l.max_header_bytes + l.max_body_bytes + 64 * 1024)
+    }
+}
+
 /// Why a request was refused; each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HttpError {
