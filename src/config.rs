@@ -125,6 +125,8 @@ impl Default for Limits {
 pub struct Bind {
     pub addr: SocketAddr,
     pub listeners: Vec<Listener>,
+    /// HTTPS listeners: the port's server TLS (None: plain HTTP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Bind {
@@ -146,6 +148,15 @@ pub struct Listener {
     pub name: Option<String>,
     pub hostname: Option<String>,
     pub routes: Vec<Route>,
+    pub tls: Option<ListenerTls>,
+}
+
+/// An HTTPS listener's `tls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub cert: crate::tls::ListenerCert,
+    /// Client certificates must be signed by a root in this PEM file.
+    pub root: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -1079,25 +1090,87 @@ impl Checker {
         }
         self.unsupported(&mut o, "tunnelProtocol");
         self.finish(o);
+        let tls = self.bind_tls(&listeners, path);
         Some(Bind {
             addr: addr?,
             listeners,
+            tls,
         })
+    }
+
+    /// The server TLS of a port whose listeners are HTTPS (all of them, or none: one port
+    /// speaks one protocol). The files are read now, and again on every reload.
+    fn bind_tls(
+        &mut self,
+        listeners: &[Listener],
+        path: &str,
+    ) -> Option<Arc<rustls::ServerConfig>> {
+        let https = listeners.iter().filter(|l| l.tls.is_some()).count();
+        if https == 0 {
+            return None;
+        }
+        if https != listeners.len() {
+            self.err(
+                &join(path, "listeners"),
+                "listeners on one port must all be HTTP or all HTTPS",
+            );
+            return None;
+        }
+        let certs: Vec<crate::tls::ListenerCert> = (listeners.iter())
+            .filter_map(|l| l.tls.as_ref().map(|t| t.cert.clone()))
+            .collect();
+        let roots: Vec<&String> = listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref().and_then(|t| t.root.as_ref()))
+            .collect();
+        if roots.iter().any(|r| *r != roots[0]) || (!roots.is_empty() && roots.len() != https) {
+            self.err(
+                &join(path, "listeners"),
+                "client certificates (`tls.root`) differing between listeners of one port are not supported yet",
+            );
+            return None;
+        }
+        match crate::tls::server_config(&certs, roots.first().map(|r| r.as_str())) {
+            Ok(c) => Some(c),
+            Err((i, why)) => {
+                let at = match i {
+                    Some(i) => format!("{path}.listeners[{i}].tls"),
+                    None => format!("{path}.listeners[0].tls.root"),
+                };
+                self.err(&at, why);
+                None
+            }
+        }
     }
 
     fn listener(&mut self, v: &Value, path: &str, named: &[Named]) -> Option<Listener> {
         let mut o = self.obj(v, path)?;
         let name = self.string(&mut o, "name");
         let hostname = self.string(&mut o, "hostname");
-        if let Some(p) = self.string(&mut o, "protocol") {
-            if !p.eq_ignore_ascii_case("http") {
+        let https = match self.string(&mut o, "protocol") {
+            None => false,
+            Some(p) if p.eq_ignore_ascii_case("http") => false,
+            Some(p) if p.eq_ignore_ascii_case("https") => true,
+            Some(p) => {
                 self.err(
                     &join(path, "protocol"),
-                    format!("{p} is not supported yet (only HTTP)"),
+                    format!("{p} is not supported yet (only HTTP and HTTPS)"),
                 );
+                false
             }
-        }
-        self.unsupported(&mut o, "tls");
+        };
+        let tls = match self.get(&mut o, "tls") {
+            Some(t) if https => self.listener_tls(t, &join(path, "tls"), hostname.clone()),
+            Some(_) => {
+                self.err(&join(path, "tls"), "needs `protocol: HTTPS`");
+                None
+            }
+            None if https => {
+                self.err(&join(path, "tls"), "missing (HTTPS needs `cert` and `key`)");
+                None
+            }
+            None => None,
+        };
         self.unsupported(&mut o, "policies");
         let mut routes = Vec::new();
         for (rpath, r) in self.seq(&mut o, "routes") {
@@ -1110,6 +1183,38 @@ impl Checker {
             name,
             hostname,
             routes,
+            tls,
+        })
+    }
+
+    /// `tls: {cert, key, root}`: PEM files; `root` asks clients for a certificate it signed.
+    fn listener_tls(
+        &mut self,
+        v: &Value,
+        path: &str,
+        hostname: Option<String>,
+    ) -> Option<ListenerTls> {
+        let mut o = self.obj(v, path)?;
+        let cert = self.required_string(&mut o, "cert");
+        let key = self.required_string(&mut o, "key");
+        let root = self.string(&mut o, "root");
+        for key in [
+            "cipherSuites",
+            "minTLSVersion",
+            "maxTLSVersion",
+            "alpn",
+            "mtlsMode",
+        ] {
+            self.unsupported(&mut o, key);
+        }
+        self.finish(o);
+        Some(ListenerTls {
+            cert: crate::tls::ListenerCert {
+                hostname,
+                cert: cert?,
+                key: key?,
+            },
+            root,
         })
     }
 
@@ -1987,6 +2092,7 @@ impl Checker {
             listeners: vec![Listener {
                 name: None,
                 hostname: None,
+                tls: None,
                 routes: vec![Route {
                     name: None,
                     hostnames: Vec::new(),
@@ -2003,6 +2109,7 @@ impl Checker {
                     cors,
                 }],
             }],
+            tls: None,
         })
     }
 }
@@ -2185,6 +2292,18 @@ fn secret(v: &Value) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Whether `host` is `pattern`, or one label under a `*.suffix` pattern.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => {
+            host.len() > suffix.len() + 1
+                && host.ends_with(suffix)
+                && host[..host.len() - suffix.len()].ends_with('.')
+        }
+        None => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
 pub fn valid_instance_id(id: &str) -> bool {
     (1..=32).contains(&id.len())
         && id
@@ -2216,6 +2335,50 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn https_listeners_need_tls_and_agree_per_port() {
+        let one = |l: &str| {
+            format!(
+                "binds:\n- port: 3000\n  listeners:\n{l}    routes:\n    - backends:\n      - mcp:\n          targets:\n          - name: a\n            stdio: {{cmd: x}}\n"
+            )
+        };
+        let e = errors(&one("  - tls: {cert: c.pem, key: k.pem}\n"));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("listeners[0].tls") && e.contains("protocol: HTTPS")),
+            "{e:?}"
+        );
+        let e = errors(&one("  - protocol: HTTPS\n"));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("listeners[0].tls") && e.contains("missing")),
+            "{e:?}"
+        );
+        let e = errors(&one(
+            "  - protocol: HTTPS\n    tls: {cert: /nonexistent/c.pem}\n",
+        ));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("listeners[0].tls") && e.contains("key")),
+            "{e:?}"
+        );
+        let e = errors(&one(
+            "  - protocol: HTTPS\n    tls: {cert: /nonexistent/c.pem, key: /nonexistent/k.pem}\n",
+        ));
+        assert!(e.iter().any(|e| e.contains("/nonexistent/c.pem")), "{e:?}");
+        let e = errors(&one("  - protocol: TCP\n"));
+        assert!(
+            e.iter().any(|e| e.contains("TCP is not supported yet")),
+            "{e:?}"
+        );
+        let two = "  - name: a\n    protocol: HTTPS\n    tls: {cert: c.pem, key: k.pem}\n    routes: []\n  - name: b\n";
+        let e = errors(&one(two));
+        assert!(
+            e.iter().any(|e| e.contains("all be HTTP or all HTTPS")),
+            "{e:?}"
+        );
     }
 
     #[test]

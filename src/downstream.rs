@@ -3,10 +3,9 @@
 //! its reply. What a request *means* is decided by the front and the relay; only the loop
 //! reads and writes the socket (`read`, `flush`); everything else here fills buffers.
 
+use crate::client_stream::{ClientStream, Got};
 use crate::http::{response, sse};
-use mio::net::TcpStream;
 use serde_json::Value;
-use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
 /// An idle keep-alive connection with no request in progress is closed after this.
@@ -78,7 +77,7 @@ pub enum ReadResult {
 }
 
 pub struct Conn {
-    pub sock: TcpStream,
+    pub stream: ClientStream,
     pub bind: usize,
     pub rbuf: Vec<u8>,
     wbuf: Vec<u8>,
@@ -108,9 +107,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(sock: TcpStream, bind: usize) -> Conn {
+    pub fn new(stream: ClientStream, bind: usize) -> Conn {
         Conn {
-            sock,
+            stream,
             bind,
             rbuf: Vec::new(),
             wbuf: Vec::new(),
@@ -136,55 +135,35 @@ impl Conn {
     /// a `WouldBlock` read per event; the caller passes false when the event also reported the
     /// peer's close, which only a read of 0 bytes would surface.
     pub fn read(&mut self, limit: usize, short_read_drains: bool) -> ReadResult {
-        crate::scratch::with(|buf| loop {
-            if self.rbuf.len() >= limit {
+        let was_empty = self.rbuf.is_empty();
+        let mut raw = 0;
+        let got = (self.stream).read(&mut self.rbuf, limit, short_read_drains, &mut |n| raw += n);
+        if raw > 0 {
+            crate::metrics::with(|m| m.bytes_in += raw as u64);
+            if was_empty && self.request_started.is_none() {
+                self.request_started = Some(Instant::now());
+            }
+        }
+        match got {
+            Got::Drained => {
+                self.paused = false;
+                ReadResult::Open
+            }
+            Got::Full => {
                 self.paused = true;
-                return ReadResult::Full;
+                ReadResult::Full
             }
-            let room = (limit - self.rbuf.len()).min(buf.len());
-            match self.sock.read(&mut buf[..room]) {
-                Ok(0) => {
-                    self.eof = true;
-                    return ReadResult::Closed;
-                }
-                Ok(n) => {
-                    crate::metrics::with(|m| m.bytes_in += n as u64);
-                    if self.rbuf.is_empty() && self.request_started.is_none() {
-                        self.request_started = Some(Instant::now());
-                    }
-                    self.rbuf.extend_from_slice(&buf[..n]);
-                    if short_read_drains && n < room {
-                        self.paused = false;
-                        return ReadResult::Open;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.paused = false;
-                    return ReadResult::Open;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.eof = true;
-                    return ReadResult::Closed;
-                }
+            Got::Closed => {
+                self.eof = true;
+                ReadResult::Closed
             }
-        })
+        }
     }
 
     /// Writes buffered bytes until done or `WouldBlock`. Err: the peer is gone.
     pub fn flush(&mut self) -> std::io::Result<()> {
-        while self.wpos < self.wbuf.len() {
-            match self.sock.write(&self.wbuf[self.wpos..]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.wpos += n;
-                    crate::metrics::with(|m| m.bytes_out += n as u64);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let wire = self.stream.write(&self.wbuf, &mut self.wpos)?;
+        crate::metrics::with(|m| m.bytes_out += wire as u64);
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
             self.wpos = 0;
@@ -334,7 +313,7 @@ impl Conn {
     }
 
     pub fn is_drained(&self) -> bool {
-        self.wpos == self.wbuf.len()
+        self.wpos == self.wbuf.len() && !self.stream.tls_pending()
     }
 
     /// Queues a whole response.
@@ -488,6 +467,7 @@ fn or_dash(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     /// A connection over a real loopback socket, and the client's end of it.
     fn pair() -> (Conn, std::net::TcpStream) {
@@ -498,7 +478,13 @@ mod tests {
         client
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .expect("timeout");
-        (Conn::new(TcpStream::from_std(server), 0), client)
+        (
+            Conn::new(
+                ClientStream::new(mio::net::TcpStream::from_std(server), None),
+                0,
+            ),
+            client,
+        )
     }
 
     /// Flushes and reads what the client received so far.

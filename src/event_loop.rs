@@ -7,6 +7,7 @@
 //! carries out the actions the relay queued (`carry_out`): open, write to or close links, and
 //! put answers and messages on client connections.
 
+use crate::client_stream::ClientStream;
 use crate::config::Config;
 use crate::downstream::{Answered, Conn, ConnState, ReadResult};
 use crate::front::serve::{self, Page};
@@ -559,7 +560,22 @@ impl Gateway {
             return;
         }
         metrics::with(|m| m.connections_accepted += 1);
-        self.conns.insert(token.0, Conn::new(sock, bind));
+        // An HTTPS bind's connections start a TLS session; the handshake runs as they are
+        // read and flushed.
+        let tls = match self.cfg.binds.get(bind).and_then(|b| b.tls.clone()) {
+            Some(cfg) => match rustls::ServerConnection::new(cfg) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    log!("cannot start TLS for a connection: {e}");
+                    let _ = self.poll.registry().deregister(&mut sock);
+                    self.tokens.owners.remove(&token);
+                    return;
+                }
+            },
+            None => None,
+        };
+        self.conns
+            .insert(token.0, Conn::new(ClientStream::new(sock, tls), bind));
     }
 
     fn conn_ready(&mut self, id: usize, readable: bool, writable: bool, closed: bool) {
@@ -646,7 +662,8 @@ impl Gateway {
             return;
         };
         self.maybe_resume_accepting();
-        let _ = self.poll.registry().deregister(&mut c.sock);
+        c.stream.shutdown();
+        let _ = self.poll.registry().deregister(&mut c.stream.sock);
         self.tokens.owners.remove(&Token(id));
         match c.state {
             ConnState::Stream { session } => self.relay.stream_closed(session, id),

@@ -1,13 +1,15 @@
 //! mcplex: a single-threaded MCP gateway.
 //!
 //! Layers, top to bottom (nothing imports upward):
-//! `event_loop` (the loop) -> `front` (HTTP decisions) -> `downstream` (client connections) and
+//! `event_loop` (the loop) -> `front` (HTTP decisions) -> `downstream` (client connections, over
+//! `client_stream`) and
 //! `mcp` (the sans-IO relay) -> `upstream` (links) -> `transport`, `tls` -> `http`, `jsonrpc` ->
 //! `config`, `timer`, `scratch`, `idmap`, `metrics`, `log`. The codecs (`http`, `jsonrpc`,
 //! `config`) are pure and public so that `tests/` and `fuzz/` can reach them.
 // Denied everywhere; src/memory.rs alone allows it, for one call into the C library.
 #![deny(unsafe_code)]
 
+pub mod client_stream;
 pub mod config;
 pub mod downstream;
 pub mod event_loop;

@@ -1,10 +1,15 @@
-//! TLS to upstreams: rustls client configurations (webpki-roots, an extra root CA from a PEM
-//! file, or no verification at all), built once at load time and shared by every connection.
+//! rustls configurations, built once at load time and shared by every connection: clients for
+//! upstreams (webpki-roots, an extra root CA from a PEM file, or no verification at all) and
+//! servers for HTTPS listeners (a certificate per listener, chosen by SNI; optional client
+//! certificates).
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use std::sync::Arc;
 
 /// How to verify one upstream's certificate.
@@ -53,6 +58,101 @@ pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
     // HTTP/1.1 only: the upstream client speaks nothing else.
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// One HTTPS listener's certificate: PEM files, and the host name it serves (None: any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerCert {
+    pub hostname: Option<String>,
+    pub cert: String,
+    pub key: String,
+}
+
+/// The server configuration of one port: its listeners' certificates (chosen by the SNI the
+/// client sends), HTTP/1.1 by ALPN, and client certificates verified against `client_roots`
+/// when given (required then). Errors name the file and the reason; `Err((i, why))` says
+/// which certificate failed.
+pub fn server_config(
+    certs: &[ListenerCert],
+    client_roots: Option<&str>,
+) -> Result<Arc<ServerConfig>, (Option<usize>, String)> {
+    let provider = provider();
+    let mut keys = Vec::new();
+    for (i, c) in certs.iter().enumerate() {
+        let key = certified_key(c, &provider).map_err(|e| (Some(i), e))?;
+        keys.push((c.hostname.clone(), Arc::new(key)));
+    }
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| (None, format!("TLS setup: {e}")))?;
+    let builder = match client_roots {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for c in read_certificates(path).map_err(|e| (None, e))? {
+                roots
+                    .add(c)
+                    .map_err(|e| (None, format!("{path}: not a usable root certificate: {e}")))?;
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                    .build()
+                    .map_err(|e| (None, format!("{path}: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(BySni(keys)));
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn read_certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{path}: {e:?}"))?;
+    if certs.is_empty() {
+        return Err(format!("{path}: no PEM certificate found"));
+    }
+    Ok(certs)
+}
+
+/// A certificate chain and its private key, checked to belong together.
+fn certified_key(c: &ListenerCert, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+    let chain = read_certificates(&c.cert)?;
+    let pem = std::fs::read(&c.key).map_err(|e| format!("cannot read {}: {e}", c.key))?;
+    // The key's bytes are never part of a message, only the file's name.
+    let der = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|_| format!("{}: no PEM private key found", c.key))?;
+    let key = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| format!("{}: unusable private key: {e}", c.key))?;
+    let ck = CertifiedKey::new(chain, key);
+    ck.keys_match()
+        .map_err(|e| format!("{} does not match {}: {e}", c.key, c.cert))?;
+    Ok(ck)
+}
+
+/// Picks the certificate of the listener whose hostname the client asked for (exact, or
+/// `*.suffix` for one label); without a match, the listener with no hostname, else the first.
+#[derive(Debug)]
+struct BySni(Vec<(Option<String>, Arc<CertifiedKey>)>);
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let asked = hello.server_name().map(str::to_ascii_lowercase);
+        let named = asked.as_deref().and_then(|name| {
+            self.0.iter().find(|(h, _)| {
+                h.as_deref()
+                    .is_some_and(|h| crate::config::host_matches(h, name))
+            })
+        });
+        named
+            .or_else(|| self.0.iter().find(|(h, _)| h.is_none()))
+            .or_else(|| self.0.first())
+            .map(|(_, k)| Arc::clone(k))
+    }
 }
 
 /// The name to verify: the override, else the URL's host.

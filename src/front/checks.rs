@@ -2,7 +2,7 @@
 //! (actual requests and preflights), and what it accepts and sends.
 
 use super::Reply;
-use crate::config::{Bind, Cors, Limits, RequestView, Route};
+use crate::config::{host_matches, Bind, Cors, Limits, RequestView, Route};
 use crate::http::parse::Request;
 use std::net::SocketAddr;
 
@@ -117,17 +117,6 @@ pub fn preflight(
     }
     r.cors = cors_extra;
     r
-}
-
-pub fn host_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix("*.") {
-        Some(suffix) => {
-            host.len() > suffix.len() + 1
-                && host.ends_with(suffix)
-                && host[..host.len() - suffix.len()].ends_with('.')
-        }
-        None => pattern.eq_ignore_ascii_case(host),
-    }
 }
 
 /// `host:port` or `[v6]:port` -> host.

@@ -346,8 +346,7 @@ config:
 binds:
 - port: 3000
   listeners:
-  - protocol: HTTPS
-    tls: {cert: cert.pem, key: key.pem}
+  - protocol: TCP
     routes:
     - matches:
       - path: {regex: "^/mcp.*"}
@@ -373,6 +372,16 @@ binds:
           targets:
           - name: second
             stdio: {cmd: x}
+- port: 3001
+  listeners:
+  - protocol: HTTPS
+    tls: {cert: cert.pem, key: key.pem, minTLSVersion: TLS_V1_3}
+    routes:
+    - backends:
+      - mcp:
+          targets:
+          - name: third
+            stdio: {cmd: x}
 """
 
 UNSUPPORTED_PATHS = [
@@ -384,7 +393,7 @@ UNSUPPORTED_PATHS = [
     "config.metrics",
     "config.adminAddr",
     "listeners[0].protocol",
-    "listeners[0].tls",
+    "listeners[0].tls.minTLSVersion",
     "matches[0].path.regex",
     "policies.jwtAuth",
     "policies.mcpAuthorization",

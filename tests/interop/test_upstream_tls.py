@@ -45,9 +45,9 @@ def _openssl(*args: str, cwd: Path) -> None:
     assert p.returncode == 0, f"openssl {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}"
 
 
-def make_certs(d: Path) -> dict[str, Path]:
+def make_certs(d: Path, extra_names: tuple[str, ...] = ()) -> dict[str, Path]:
     """A CA (ca.pem) and a server certificate signed by it for DNS:localhost, IP:127.0.0.1
-    (server.pem, server.key): EC P-256, valid for a day."""
+    and any `extra_names` (server.pem, server.key): EC P-256, valid for a day."""
     d.mkdir(parents=True, exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     _openssl(
@@ -62,7 +62,7 @@ def make_certs(d: Path) -> dict[str, Path]:
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature\n"
         "extendedKeyUsage=serverAuth\n"
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+        f"subjectAltName=DNS:localhost,IP:127.0.0.1{''.join(',DNS:' + n for n in extra_names)}\n"
     )
     _openssl(
         "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
