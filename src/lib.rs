@@ -9,6 +9,8 @@
 // Denied everywhere; src/memory.rs alone allows it, for one call into the C library.
 #![deny(unsafe_code)]
 
+pub mod auth;
+pub mod base64;
 pub mod client_stream;
 pub mod config;
 pub mod downstream;

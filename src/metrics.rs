@@ -97,6 +97,8 @@ pub struct Metrics {
     latency: HashMap<u16, Histogram>,
     upstream_errors: HashMap<(u16, UpstreamError), u64>,
     http_requests: HashMap<u16, u64>,
+    /// Front-door refusals, by kind (`unauthorized`, `rate_limited`, `forbidden`).
+    refusals: HashMap<&'static str, u64>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub reloads: u64,
@@ -146,6 +148,12 @@ impl Metrics {
 
     pub fn upstream_error(&mut self, target: u16, kind: UpstreamError) {
         *self.upstream_errors.entry((target, kind)).or_default() += 1;
+    }
+
+    /// A request turned away at the front door (`unauthorized`, `rate_limited`) or an MCP
+    /// operation refused by `mcpAuthorization` (`forbidden`).
+    pub fn refusal(&mut self, kind: &'static str) {
+        *self.refusals.entry(kind).or_default() += 1;
     }
 
     /// One HTTP response sent, by status code.
@@ -231,6 +239,18 @@ impl Metrics {
         statuses.sort();
         for (status, n) in statuses {
             let _ = writeln!(out, "mcplex_http_responses_total{{code=\"{status}\"}} {n}");
+        }
+
+        help(
+            &mut out,
+            "mcplex_auth_refusals_total",
+            "counter",
+            "Requests refused by authentication (unauthorized), rate limits (rate_limited) and MCP authorization (forbidden).",
+        );
+        let mut refusals: Vec<_> = self.refusals.iter().collect();
+        refusals.sort();
+        for (kind, n) in refusals {
+            let _ = writeln!(out, "mcplex_auth_refusals_total{{kind=\"{kind}\"}} {n}");
         }
 
         let gauges: [(&str, &str, usize); 5] = [

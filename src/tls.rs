@@ -182,34 +182,8 @@ pub fn pem_certificates(pem: &str) -> Vec<CertificateDer<'static>> {
     out
 }
 
-/// Standard base64 (with padding, whitespace already removed).
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes = s.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= val(c)? << (18 - 6 * i);
-        }
-        let take = match chunk.len() {
-            4 => 3,
-            3 => 2,
-            2 => 1,
-            _ => return None,
-        };
-        out.extend_from_slice(&n.to_be_bytes()[1..1 + take]);
-    }
-    Some(out)
+    crate::base64::decode(s, crate::base64::Alphabet::Standard)
 }
 
 /// `insecure: true`: every certificate is accepted; signatures are still checked so the
@@ -260,6 +234,54 @@ impl ServerCertVerifier for AcceptAny {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// One DER element at the start of `der`: (tag, contents, the rest). Definite lengths only.
+fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The subject common name (CN) of a DER certificate (a verified client certificate names
+/// its principal by it), or None when it has none.
+pub fn certificate_subject(der: &[u8]) -> Option<String> {
+    let (_, cert, _) = der_element(der)?;
+    let (_, tbs, _) = der_element(cert)?;
+    let mut rest = tbs;
+    // [0] version (optional), serial, signature algorithm, issuer, validity, subject.
+    let (tag, _, after) = der_element(rest)?;
+    if tag == 0xa0 {
+        rest = after;
+    }
+    for _ in 0..4 {
+        rest = der_element(rest)?.2;
+    }
+    let (_, mut rdns, _) = der_element(rest)?;
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    while !rdns.is_empty() {
+        let (_, set, next) = der_element(rdns)?;
+        rdns = next;
+        let (_, attr, _) = der_element(set)?;
+        let (_, oid, value) = der_element(attr)?;
+        if oid == CN {
+            let (_, text, _) = der_element(value)?;
+            return String::from_utf8(text.to_vec()).ok();
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! the connection's buffers and the relay, and never touches a socket.
 
 pub mod checks;
+pub mod door;
 pub mod modern;
 pub mod serve;
 
@@ -100,6 +101,12 @@ pub fn decide<'a>(cfg: &'a Config, bind: usize, req: &Request) -> Decision<'a> {
         };
     }
     let b = &cfg.binds[bind];
+    // Protected-resource metadata is public: served before routing and origin checks.
+    if req.path.starts_with(door::METADATA_PREFIX) {
+        if let Some(r) = door::metadata_page(b, req, b.tls.is_some()) {
+            return Decision::Reply(r);
+        }
+    }
     let route = find_route(b, req);
     let cors = route.and_then(|r| r.cors.as_deref());
     // The backend's own `dnsRebindingProtection` wins over the gateway-wide setting.

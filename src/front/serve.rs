@@ -5,7 +5,8 @@
 //! The client context served here is the legacy, stateful one: an `Mcp-Session-Id` (or the
 //! legacy `sessionId`), a POST whose answers gather into one reply, and the session's stream.
 
-use super::{check_post_accept, decide, modern, post_body, Decision, Op, Reply};
+use super::{check_post_accept, decide, door, modern, post_body, Decision, Op, Reply};
+use crate::auth::Principal;
 use crate::config::{Config, Route};
 use crate::downstream::{AccessEntry, Conn, ConnState, Exchange};
 use crate::http::parse::Request;
@@ -97,14 +98,32 @@ pub fn request(
         Decision::Mcp { route, op, cors } => (route, op, cors),
     };
     c.extra = cors;
+    let subject = c
+        .stream
+        .peer_certificate()
+        .and_then(crate::tls::certificate_subject);
+    let who = match door::admit(route, &req, c.stream.is_tls(), subject.as_deref()) {
+        Ok(who) => who,
+        Err((reply, why)) => {
+            warn!("refused {} {}: {why}", req.method, req.path);
+            respond(c, reply, keep_alive);
+            return None;
+        }
+    };
     match op {
-        Op::Post => post(relay, c, id, req, route, keep_alive),
-        Op::Get => open_stream(relay, c, id, req, keep_alive),
-        Op::Delete => delete(relay, c, req, keep_alive),
-        Op::LegacyOpen => legacy_open(relay, c, id, req, route, keep_alive),
-        Op::LegacyPost => legacy_post(relay, c, req, keep_alive),
+        Op::Post => post(relay, c, id, req, route, who, keep_alive),
+        Op::Get => open_stream(relay, c, id, req, who, keep_alive),
+        Op::Delete => delete(relay, c, req, who, keep_alive),
+        Op::LegacyOpen => legacy_open(relay, c, id, req, route, who, keep_alive),
+        Op::LegacyPost => legacy_post(relay, c, req, who, keep_alive),
     }
     None
+}
+
+/// The route a request came in on and who sent it (when the route authenticates).
+struct Entry<'a> {
+    route: &'a Route,
+    who: Option<Rc<Principal>>,
 }
 
 /// Queues a reply the front decided on.
@@ -134,13 +153,21 @@ fn json_body(c: &mut Conn, req: &Request, keep_alive: bool) -> Option<jsonrpc::B
 }
 
 /// The request's session. Err: the HTTP status and message to answer with.
-fn session_of(relay: &Relay, req: &Request) -> Result<u64, (u16, &'static str)> {
+fn session_of(
+    relay: &Relay,
+    req: &Request,
+    who: Option<&Principal>,
+) -> Result<u64, (u16, &'static str)> {
     let Some(sid) = req.header("mcp-session-id") else {
         return Err((400, "Bad Request: Mcp-Session-Id header is required"));
     };
     let Some(sk) = relay.session_key(sid) else {
         return Err((404, "Session not found"));
     };
+    // A session is its opener's: to anyone else it does not exist.
+    if !relay.same_principal(sk, who) {
+        return Err((404, "Session not found"));
+    }
     // Only an unsupported version is refused (the spec's rule). A supported one that differs
     // from the negotiated version is tolerated: the official conformance suite sends
     // 2025-03-26 on sessions that negotiated a later revision.
@@ -176,7 +203,15 @@ fn classify_all(messages: Vec<Value>) -> (Vec<(Kind, Value)>, Vec<Value>) {
 }
 
 /// Streamable HTTP POST: `initialize` starts a session; anything else needs one.
-fn post(relay: &mut Relay, c: &mut Conn, id: ConnId, req: Request, route: &Route, keep: bool) {
+fn post(
+    relay: &mut Relay,
+    c: &mut Conn,
+    id: ConnId,
+    req: Request,
+    route: &Route,
+    who: Option<Rc<Principal>>,
+    keep: bool,
+) {
     if let Err(r) = check_post_accept(&req) {
         return respond(c, r, keep);
     }
@@ -186,7 +221,7 @@ fn post(relay: &mut Relay, c: &mut Conn, id: ConnId, req: Request, route: &Route
     if let [one] = body.messages.as_slice() {
         if modern::is_modern(&req, one) {
             let msg = body.messages.into_iter().next().unwrap_or_default();
-            return modern_post(relay, c, id, &req, msg, route, keep);
+            return modern_post(relay, c, id, &req, msg, Entry { route, who }, keep);
         }
     }
     let init = body
@@ -203,9 +238,9 @@ fn post(relay: &mut Relay, c: &mut Conn, id: ConnId, req: Request, route: &Route
             return c.respond_json(400, &[], &e, keep);
         }
         let msg = body.messages.into_iter().nth(i).unwrap_or_default();
-        return begin_session(relay, c, id, msg, route, &req, keep);
+        return begin_session(relay, c, id, msg, &req, Entry { route, who }, keep);
     }
-    let sk = match session_of(relay, &req) {
+    let sk = match session_of(relay, &req, who.as_deref()) {
         Ok(sk) => sk,
         Err((status, why)) => {
             let e = jsonrpc::error(Value::Null, jsonrpc::INVALID_REQUEST, why);
@@ -256,7 +291,7 @@ fn modern_post(
     id: ConnId,
     req: &Request,
     msg: Value,
-    route: &Route,
+    Entry { route, who }: Entry<'_>,
     keep: bool,
 ) {
     let mut envelope = match modern::check(req, &msg) {
@@ -281,7 +316,7 @@ fn modern_post(
         return c.respond_json(404, &[], &e, keep);
     }
     let credential = req.header("authorization");
-    let sk = relay.pool_for(&route.backend, &route.policy, credential);
+    let sk = relay.pool_for(&route.backend, &route.policy, credential, who.as_deref());
     c.state = ConnState::Exchange(Exchange {
         session: sk,
         remaining: 1,
@@ -305,6 +340,7 @@ fn modern_post(
         client_info: envelope.client_info,
         missing: Vec::new(),
         offered: msg.at("/params/inputResponses").cloned(),
+        principal: who,
     };
     relay.modern_request(sk, id, msg, modern);
 }
@@ -315,8 +351,8 @@ fn begin_session(
     c: &mut Conn,
     id: ConnId,
     msg: Value,
-    route: &Route,
     req: &Request,
+    Entry { route, who }: Entry<'_>,
     keep: bool,
 ) {
     // Strict: no session for an `initialize` that is not a valid request or names no version.
@@ -349,6 +385,7 @@ fn begin_session(
             return c.respond_json(200, &[], &jsonrpc::error(client_id, code, &why), keep);
         }
     };
+    relay.set_principal(sk, who);
     if let Some(a) = c.access.as_mut() {
         a.session = short_id(&sid).to_string();
     }
@@ -374,11 +411,18 @@ fn no_session(c: &mut Conn, keep: bool) {
 }
 
 /// Streamable HTTP GET: the session's server-to-client stream; one at a time.
-fn open_stream(relay: &mut Relay, c: &mut Conn, id: ConnId, req: Request, keep: bool) {
+fn open_stream(
+    relay: &mut Relay,
+    c: &mut Conn,
+    id: ConnId,
+    req: Request,
+    who: Option<Rc<Principal>>,
+    keep: bool,
+) {
     if req.header("mcp-session-id").is_none() {
         return no_session(c, keep);
     }
-    let sk = match session_of(relay, &req) {
+    let sk = match session_of(relay, &req, who.as_deref()) {
         Ok(sk) => sk,
         Err((status, why)) => return c.respond_text(status, &format!("{why}\n"), keep),
     };
@@ -397,11 +441,11 @@ fn open_stream(relay: &mut Relay, c: &mut Conn, id: ConnId, req: Request, keep: 
 }
 
 /// Streamable HTTP DELETE: ends the session.
-fn delete(relay: &mut Relay, c: &mut Conn, req: Request, keep: bool) {
+fn delete(relay: &mut Relay, c: &mut Conn, req: Request, who: Option<Rc<Principal>>, keep: bool) {
     if req.header("mcp-session-id").is_none() {
         return no_session(c, keep);
     }
-    match session_of(relay, &req) {
+    match session_of(relay, &req, who.as_deref()) {
         Ok(sk) => {
             relay.end_session(sk, "deleted by the client");
             c.respond(200, &[], b"", keep);
@@ -418,6 +462,7 @@ fn legacy_open(
     id: ConnId,
     req: Request,
     route: &Route,
+    who: Option<Rc<Principal>>,
     keep: bool,
 ) {
     let policy = Rc::clone(&route.policy);
@@ -427,6 +472,7 @@ fn legacy_open(
         Ok(s) => s,
         Err((_, why)) => return c.respond_text(503, &format!("{why}\n"), keep),
     };
+    relay.set_principal(sk, who);
     let _ = relay.open_stream(sk, id);
     c.state = ConnState::Stream { session: sk };
     c.start_sse(&[], req.minor_version > 0);
@@ -436,10 +482,17 @@ fn legacy_open(
 
 /// Legacy HTTP+SSE: a message POSTed to the endpoint. Accepted with 202; every answer goes
 /// out on the session's stream.
-fn legacy_post(relay: &mut Relay, c: &mut Conn, req: Request, keep: bool) {
+fn legacy_post(
+    relay: &mut Relay,
+    c: &mut Conn,
+    req: Request,
+    who: Option<Rc<Principal>>,
+    keep: bool,
+) {
     let found = req
         .query_param("sessionId")
-        .and_then(|sid| relay.legacy_stream(sid));
+        .and_then(|sid| relay.legacy_stream(sid))
+        .filter(|(sk, _)| relay.same_principal(*sk, who.as_deref()));
     let Some((sk, stream)) = found else {
         let (status, why) = match req.query_param("sessionId") {
             None => (400, "sessionId query parameter is required\n"),

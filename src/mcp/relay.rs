@@ -20,6 +20,7 @@ use super::session::{
     TargetSlot, TargetState, Waiting,
 };
 use super::state::{self, Resume, Signer};
+use crate::auth::Principal;
 use crate::config::{Era, FailureMode, Limits, McpBackend, RoutePolicy, TargetKind};
 use crate::idmap::IdMap;
 use crate::jsonrpc::Path;
@@ -258,6 +259,25 @@ impl Relay {
     }
 
     /// The client was heard from (the idle TTL starts again).
+    /// Who opened session `sk` (the route authenticates).
+    pub fn set_principal(&mut self, sk: u64, principal: Option<Rc<Principal>>) {
+        if let Some(s) = self.sessions.get_mut(&sk) {
+            s.principal = principal;
+        }
+    }
+
+    /// Whether a request from `principal` may use session `sk`: only its opener's may.
+    pub fn same_principal(&self, sk: u64, principal: Option<&Principal>) -> bool {
+        let Some(s) = self.sessions.get(&sk) else {
+            return false;
+        };
+        match (&s.principal, principal) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.key() == b.key(),
+            _ => false,
+        }
+    }
+
     pub fn touch(&mut self, sk: u64) {
         if let Some(s) = self.sessions.get_mut(&sk) {
             s.last_active = Instant::now();
@@ -607,14 +627,23 @@ impl Relay {
         backend: &Rc<McpBackend>,
         policy: &Rc<RoutePolicy>,
         credential: Option<&str>,
+        principal: Option<&Principal>,
     ) -> u64 {
         let credential = credential
             .filter(|_| policy.passthrough)
             .map(Rc::<str>::from);
+        // Authenticated principals get pools of their own: a server's process state (a
+        // memory graph, a working directory) is never shared between them, unless every
+        // target of the backend is marked shareable.
+        let partition = match (&credential, principal) {
+            (Some(c), _) => Some(Rc::clone(c)),
+            (None, Some(p)) if !backend.shareable() => Some(Rc::from(format!("\u{0}{}", p.key()))),
+            _ => None,
+        };
         let key: PoolKey = (
             Rc::as_ptr(backend) as usize,
             Rc::as_ptr(policy) as usize,
-            credential.clone(),
+            partition.clone(),
         );
         let open = self.pools.get(&key).map_or(&[][..], Vec::as_slice);
         if let ([only], 1) = (open, backend.pool_max) {
@@ -637,7 +666,7 @@ impl Relay {
         let n = open.len() + 1;
         let sk = self.next_session;
         self.next_session += 1;
-        let id = match (n, &credential) {
+        let id = match (n, &partition) {
             (_, Some(_)) => format!("pool:{}@{sk}", backend.name),
             (1, None) => format!("pool:{}", backend.name),
             (n, None) => format!("pool:{}#{n}", backend.name),
@@ -1323,6 +1352,17 @@ impl Relay {
                 self.reply(Some(conn), jsonrpc::result(client_id.clone(), empty))
             }
             Ok(Dest::One(t, p)) => {
+                let principal = modern.as_ref().and_then(|m| m.principal.as_deref());
+                let principal = principal.or(s.principal.as_deref());
+                if let Some((code, why)) = forbidden(s, principal, &method, t, p.as_ref()) {
+                    metrics::with(|m| m.refusal("forbidden"));
+                    warn!(
+                        "[{}] {method} refused by mcpAuthorization for {}",
+                        short_id(&s.id),
+                        principal.map_or("an anonymous client".to_string(), |p| p.key())
+                    );
+                    return refuse(self, code, &why);
+                }
                 if crate::log::access_log() != crate::log::AccessLog::Off {
                     let target = s.naming.targets.get(t).cloned().unwrap_or_default();
                     self.actions.push_back(Action::NoteTarget { conn, target });
@@ -1369,7 +1409,9 @@ impl Relay {
                 );
             }
             Ok(Dest::All) => {
-                let key = list_key(&method, params.as_ref());
+                // Lists filtered by mcpAuthorization differ per principal: not cached.
+                let filtered = s.policy.door.as_ref().is_some_and(|d| d.rules.is_some());
+                let key = list_key(&method, params.as_ref()).filter(|_| !filtered);
                 let cached = key
                     .as_ref()
                     .filter(|_| s.pool && modern.is_some())
@@ -2054,6 +2096,15 @@ impl Relay {
             CallKind::Forward => match call.parts.into_iter().next() {
                 Some((t, _, Some(Ok(mut v)))) => {
                     legacy_view(t, &mut v);
+                    // A single target's list comes through unmerged: filtered here.
+                    if let Some(rules) = s.policy.door.as_ref().and_then(|d| d.rules.as_ref()) {
+                        let principal = call.modern.as_ref().and_then(|m| m.principal.as_deref());
+                        let principal = principal.or(s.principal.as_deref());
+                        let mut one = [(t, v)];
+                        filter_lists(rules, principal, &call.method, &s.naming.targets, &mut one);
+                        let [(_, filtered)] = one;
+                        v = filtered;
+                    }
                     aggregate::prefix_result_uris(&mut v, t, &s.naming);
                     jsonrpc::result(call.client_id, v)
                 }
@@ -2078,10 +2129,24 @@ impl Relay {
                     _ if call.method == "logging/setLevel" => {
                         jsonrpc::result(call.client_id, json!({}))
                     }
-                    _ => jsonrpc::result(
-                        call.client_id,
-                        aggregate::merge_list(&call.method, ok, &mut s.naming),
-                    ),
+                    _ => {
+                        let principal = call.modern.as_ref().and_then(|m| m.principal.as_deref());
+                        let principal = principal.or(s.principal.as_deref());
+                        let rules = s.policy.door.as_ref().and_then(|d| d.rules.as_ref());
+                        if let Some(rules) = rules {
+                            filter_lists(
+                                rules,
+                                principal,
+                                &call.method,
+                                &s.naming.targets,
+                                &mut ok,
+                            );
+                        }
+                        jsonrpc::result(
+                            call.client_id,
+                            aggregate::merge_list(&call.method, ok, &mut s.naming),
+                        )
+                    }
                 }
             }
             CallKind::Initialize => return self.complete_init(sk, call),
@@ -2331,9 +2396,12 @@ impl Relay {
         };
         // A modern HTTP target's tool list is read for its parameter headers (general path).
         let learns = modern_target && s.targets.get(t).is_some_and(|x| x.http);
+        // Lists that mcpAuthorization filters take the general path too.
+        let filtered = s.policy.door.as_ref().is_some_and(|d| d.rules.is_some());
         let plain = |c: &Call| {
             splice(c)
                 && !(learns && c.method == "tools/list")
+                && !(filtered && aggregate::list_shape(&c.method).is_some())
                 && c.kind == CallKind::Forward
                 && c.parts.len() == 1
                 && c.parts[0].0 == t
@@ -2764,6 +2832,75 @@ fn discover_result(merged: Option<&Value>) -> Value {
 }
 
 /// Shrinks a map that uses under a quarter of a large capacity.
+/// What `mcpAuthorization` says of a request for one target's tool, prompt or resource:
+/// None (allowed), or the error that refuses it: the same error as for one that does not
+/// exist, so a client learns nothing of what it may not use.
+fn forbidden(
+    s: &Session,
+    principal: Option<&Principal>,
+    method: &str,
+    t: usize,
+    params: Option<&Value>,
+) -> Option<(i64, String)> {
+    let door = s.policy.door.as_ref()?;
+    door.rules.as_ref()?;
+    let field = |k: &str| params.and_then(|p| p.get(k)).and_then(Value::as_str);
+    let (kind, name) = match method {
+        "tools/call" => ("tool", field("name")?),
+        "prompts/get" => ("prompt", field("name")?),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            ("resource", field("uri")?)
+        }
+        "completion/complete" => {
+            let r = params?.get("ref")?;
+            match r.get("type").and_then(Value::as_str)? {
+                "ref/prompt" => ("prompt", r.get("name")?.as_str()?),
+                _ => ("resource", r.get("uri")?.as_str()?),
+            }
+        }
+        _ => return None,
+    };
+    let target = s.naming.targets.get(t).map_or("", String::as_str);
+    if door.permits(principal, kind, name, target) {
+        return None;
+    }
+    Some(match kind {
+        "tool" => (jsonrpc::INVALID_PARAMS, format!("Unknown tool: {name}")),
+        "prompt" => (jsonrpc::INVALID_PARAMS, format!("Unknown prompt: {name}")),
+        _ => (
+            jsonrpc::RESOURCE_NOT_FOUND,
+            format!("Resource not found: {name}"),
+        ),
+    })
+}
+
+/// Drops from each target's list page what `rules` do not let `principal` see, before the
+/// pages are merged (so cursors and prefixes stay as they were).
+fn filter_lists(
+    rules: &crate::auth::rules::RuleSet,
+    principal: Option<&Principal>,
+    method: &str,
+    targets: &[String],
+    parts: &mut [(usize, Value)],
+) {
+    let (array, field, kind) = match method {
+        "tools/list" => ("tools", "name", "tool"),
+        "prompts/list" => ("prompts", "name", "prompt"),
+        "resources/list" => ("resources", "uri", "resource"),
+        "resources/templates/list" => ("resourceTemplates", "uriTemplate", "resource"),
+        _ => return,
+    };
+    for (t, page) in parts.iter_mut() {
+        let target = targets.get(*t).map_or("", String::as_str);
+        if let Some(Value::Array(items)) = page.get_mut(array) {
+            items.retain(|item| {
+                let name = item.get(field).and_then(Value::as_str).unwrap_or("");
+                crate::auth::permits(rules, principal, kind, name, target)
+            });
+        }
+    }
+}
+
 pub fn shrink_if_sparse<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
     m: &mut HashMap<K, V, S>,
 ) {

@@ -577,7 +577,7 @@ fn a_modern_target_serves_a_legacy_client() {
 /// A backend's pool over `targets`, each opened and initialized as a legacy server.
 fn ready_pool(targets: &[&str]) -> Harness {
     let mut relay = Relay::new(Limits::default());
-    let sk = relay.pool_for(&backend(targets, "failClosed"), &Rc::default(), None);
+    let sk = relay.pool_for(&backend(targets, "failClosed"), &Rc::default(), None, None);
     let mut links = Vec::new();
     for a in drain(&mut relay) {
         let Action::Open { link, .. } = a else {
@@ -615,6 +615,7 @@ fn modern_ctx() -> Modern {
         client_info: None,
         missing: Vec::new(),
         offered: None,
+        principal: None,
     }
 }
 

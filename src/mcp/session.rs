@@ -106,6 +106,8 @@ pub struct Modern {
     /// (keyed as the server's question will be); a legacy server's question they answer
     /// is answered at once, without a round.
     pub offered: Option<Value>,
+    /// Who sent the request (the route authenticates), for `mcpAuthorization`.
+    pub principal: Option<Rc<crate::auth::Principal>>,
 }
 
 /// One server request put to a stateless client in an input round.
@@ -201,6 +203,9 @@ pub struct Session {
     pub policy: Rc<RoutePolicy>,
     /// The client's `Authorization`, kept when the route passes it through to a target.
     pub credential: Option<Rc<str>>,
+    /// Who opened the session (the route authenticates): every later request on it must
+    /// come from the same principal, and `mcpAuthorization` rules see it.
+    pub principal: Option<Rc<crate::auth::Principal>>,
     /// A pool: what it is kept under (and shares change notifications with).
     pub pool_key: Option<PoolKey>,
     /// The `data` of the error the session's `initialize` failed with, for the stateless
@@ -274,6 +279,7 @@ impl Session {
             init_request: None,
             policy: Rc::default(),
             credential: None,
+            principal: None,
             pool_key: None,
             fail_data: None,
             legacy: false,

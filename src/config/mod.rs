@@ -6,6 +6,8 @@
 //! implements are recognised and rejected with "not supported yet", never silently ignored.
 
 use crate::tls::TlsOptions;
+
+mod door;
 use serde_yaml::{Mapping, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -191,6 +193,9 @@ pub struct RoutePolicy {
     /// (`backendAuth: {passthrough: {}}`), so stateless requests share links only with
     /// requests carrying the same credential.
     pub passthrough: bool,
+    /// `apiKey`, `jwtAuth` / `mcpAuthentication`, `localRateLimit`, `mcpAuthorization`: who
+    /// may come in, how often, and what they may see and call.
+    pub door: Option<Rc<crate::auth::Door>>,
 }
 
 /// Backend policies for HTTP upstreams, at one level (route, backend or target).
@@ -483,6 +488,12 @@ pub struct McpBackend {
 pub const MAX_POOL: usize = 64;
 
 impl McpBackend {
+    /// Whether stateless requests of different principals may share this backend's links:
+    /// only when every target is marked `shareable`.
+    pub fn shareable(&self) -> bool {
+        self.targets.iter().all(|t| t.shareable)
+    }
+
     /// Whether names of this backend's targets carry the `<target>_` prefix.
     pub fn prefixed(&self) -> bool {
         match self.prefix_mode {
@@ -502,6 +513,9 @@ pub struct Target {
     pub era: Era,
     /// The target's own `policies` (HTTP targets only), over the route's.
     pub policies: UpstreamPolicy,
+    /// `shareable: true` (an mcplex field): the server keeps nothing between requests, so
+    /// authenticated principals may share its links (see `McpBackend::shareable`).
+    pub shareable: bool,
 }
 
 /// A target's protocol era.
@@ -1285,6 +1299,7 @@ impl Checker {
         if let Some(r) = self.get(&mut o, "retry") {
             policy.retry = self.retry(r, &join(path, "retry"));
         }
+        policy.door = self.door(&mut o);
         for key in ROUTE_UNSUPPORTED {
             self.unsupported(&mut o, key);
         }
@@ -1879,6 +1894,7 @@ impl Checker {
             self.err(&join(path, "era"), "a legacy SSE target cannot be modern");
         }
         self.unsupported(&mut o, "openapi");
+        let shareable = self.boolean(&mut o, "shareable");
         let mut policies = UpstreamPolicy::default();
         if let Some(p) = self.get(&mut o, "policies") {
             let ppath = join(path, "policies");
@@ -1914,6 +1930,7 @@ impl Checker {
             kind: kind?,
             era,
             policies: named_policies.unwrap_or(policies),
+            shareable,
         })
     }
 
@@ -2165,19 +2182,14 @@ const CONFIG_UNSUPPORTED: [&str; 27] = [
 ];
 
 /// agentgateway's route policies that mcplex does not implement (yet).
-const ROUTE_UNSUPPORTED: [&str; 23] = [
-    "mcpAuthorization",
-    "mcpAuthentication",
+const ROUTE_UNSUPPORTED: [&str; 18] = [
     "mcpGuardrails",
     "extMcp",
-    "jwtAuth",
-    "apiKey",
     "basicAuth",
     "oidc",
     "authorization",
     "extAuthz",
     "extProc",
-    "localRateLimit",
     "remoteRateLimit",
     "responseHeaderModifier",
     "requestRedirect",
@@ -2545,7 +2557,7 @@ frontendPolicies: {}
             "mcp.policies.requestHeaderModifier.remove: Mcp-Session-Id cannot be changed",
             "mcp.policies.backendAuth.gcp: not supported yet",
             "mcp.policies.retry.attempts: must be 1 to 10",
-            "mcp.policies.jwtAuth: not supported yet",
+            "mcp.policies.jwtAuth.jwks: missing",
             "mcp.targets[0].policies: a stdio target has no HTTP connection",
             "mcp.targets[1].policies.backendAuth.key: environment variable MCPLEX_TEST_UNSET_VAR is not set",
             "config.tracing: not supported yet",
@@ -2626,10 +2638,10 @@ binds:
 
     #[test]
     fn later_features_are_rejected_not_ignored() {
-        let text = "mcp:\n  port: 1\n  policies: {mcpAuthorization: {rules: []}}\n  targets:\n  - name: r\n    openapi: {host: 'http://x/mcp'}\n";
+        let text = "mcp:\n  port: 1\n  policies: {mcpGuardrails: {}}\n  targets:\n  - name: r\n    openapi: {host: 'http://x/mcp'}\n";
         let errs = errors(text);
         assert!(
-            errs.contains(&"mcp.policies.mcpAuthorization: not supported yet".to_string()),
+            errs.contains(&"mcp.policies.mcpGuardrails: not supported yet".to_string()),
             "{errs:?}"
         );
         assert!(
@@ -2787,7 +2799,7 @@ mcp:
 
     #[test]
     fn readme_lists_every_unsupported_field() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let start = readme
             .find("### agentgateway compatibility")
             .expect("README has the compatibility section");

@@ -1,0 +1,479 @@
+//! The front door of a route: who the client is (`apiKey`, `jwtAuth`, `mcpAuthentication`, a
+//! verified client certificate), whether it may come in now (`localRateLimit`), and what it
+//! may see and call (`mcpAuthorization`). Pure over a request's headers and the time; the
+//! keys a JWKS URL serves are put in by the loop's fetcher.
+
+pub mod apikey;
+pub mod jwt;
+pub mod ratelimit;
+pub mod rules;
+
+use apikey::ApiKey;
+use jwt::{Expect, Jwk, JwtError};
+use ratelimit::RateLimit;
+use rules::{RuleSet, Vars};
+use serde_json::{json, Map, Value};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Verified tokens remembered (until their `exp`) so a token is checked once, not per call.
+const TOKEN_CACHE_MAX: usize = 4096;
+/// A token naming an unknown `kid` asks for a JWKS refresh at most this often.
+pub const KID_REFRESH_MIN: Duration = Duration::from_secs(10);
+
+/// Who a request comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    /// The key's name, the token's `sub`, or the certificate's subject.
+    pub name: String,
+    /// How it was authenticated: `apiKey`, `jwt` or `cert`.
+    pub kind: &'static str,
+    /// JWT claims (an object), for `jwt.*` in rules.
+    pub jwt: Option<Value>,
+    /// API key metadata, for `apiKey.*` in rules.
+    pub api_key: Option<Value>,
+}
+
+impl Principal {
+    /// What pools and rate limits are partitioned by: kind and name.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.kind, self.name)
+    }
+}
+
+/// `mode` of an authentication policy (agentgateway's three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A valid credential is required.
+    Strict,
+    /// A credential, when present, must be valid.
+    Optional,
+    /// Valid credentials are used; missing or invalid ones are ignored.
+    Permissive,
+}
+
+/// Where a credential is read: a header, after an optional prefix (`Bearer `).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub header: String,
+    pub prefix: Option<String>,
+}
+
+impl Default for Location {
+    fn default() -> Location {
+        Location {
+            header: "authorization".into(),
+            prefix: Some("Bearer ".into()),
+        }
+    }
+}
+
+impl Location {
+    fn extract<'a>(&self, header: &dyn Fn(&str) -> Option<&'a str>) -> Option<&'a str> {
+        let v = header(&self.header)?.trim();
+        match &self.prefix {
+            None => Some(v),
+            Some(p) => {
+                let p = p.trim_end();
+                let head = v.get(..p.len())?;
+                if !head.eq_ignore_ascii_case(p) {
+                    return None;
+                }
+                let rest = v[p.len()..].trim_start();
+                (!rest.is_empty()).then_some(rest)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiKeys {
+    pub keys: Vec<ApiKey>,
+    pub mode: Mode,
+    pub location: Location,
+}
+
+/// Where a JWKS comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// Read at load (and reload).
+    File(String),
+    Inline,
+    /// Fetched by the gateway, refreshed in the background.
+    Url(String),
+}
+
+/// The RFC 9728 document an `mcpAuthentication` route publishes.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceMetadata {
+    /// The resource identifier clients ask tokens for (RFC 8707), an absolute URL.
+    pub resource: Option<String>,
+    pub authorization_servers: Vec<String>,
+    /// Further members, as configured (scopes_supported, bearer_methods_supported, ...).
+    pub extra: Map<String, Value>,
+}
+
+/// `jwtAuth` or `mcpAuthentication`.
+#[derive(Debug)]
+pub struct JwtAuth {
+    pub mode: Mode,
+    pub location: Location,
+    pub expect: Expect,
+    pub source: JwksSource,
+    /// The keys in force (from the file, or the last good fetch).
+    pub keys: RefCell<Rc<Vec<Jwk>>>,
+    /// Set when a token named an unknown key: the fetcher refreshes early.
+    pub refresh_wanted: Cell<bool>,
+    pub last_kid_refresh: Cell<Option<Instant>>,
+    /// `mcpAuthentication`: answer 401 with the MCP challenge and publish this.
+    pub mcp: Option<ResourceMetadata>,
+    cache: RefCell<HashMap<String, (Rc<Principal>, u64)>>,
+}
+
+impl JwtAuth {
+    pub fn new(
+        mode: Mode,
+        location: Location,
+        expect: Expect,
+        source: JwksSource,
+        keys: Vec<Jwk>,
+        mcp: Option<ResourceMetadata>,
+    ) -> JwtAuth {
+        JwtAuth {
+            mode,
+            location,
+            expect,
+            source,
+            keys: RefCell::new(Rc::new(keys)),
+            refresh_wanted: Cell::new(false),
+            last_kid_refresh: Cell::new(None),
+            mcp,
+            cache: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// New keys (a JWKS fetch): tokens verified with the old ones are checked again.
+    pub fn set_keys(&self, keys: Vec<Jwk>) {
+        *self.keys.borrow_mut() = Rc::new(keys);
+        self.cache.borrow_mut().clear();
+    }
+
+    /// The principal a token stands for, verified once and then remembered until `exp`.
+    pub fn principal(
+        &self,
+        token: &str,
+        now: u64,
+        mono: Instant,
+    ) -> Result<Rc<Principal>, JwtError> {
+        if let Some((p, exp)) = self.cache.borrow().get(token) {
+            if now <= exp.saturating_add(jwt::LEEWAY_SECS) {
+                return Ok(Rc::clone(p));
+            }
+        }
+        let keys = Rc::clone(&self.keys.borrow());
+        let v = match jwt::verify(token, &keys, &self.expect, now) {
+            Ok(v) => v,
+            Err(e) => {
+                if matches!(e, JwtError::UnknownKey | JwtError::NoKeys)
+                    && matches!(self.source, JwksSource::Url(_))
+                    && self
+                        .last_kid_refresh
+                        .get()
+                        .is_none_or(|t| mono.duration_since(t) >= KID_REFRESH_MIN)
+                {
+                    self.last_kid_refresh.set(Some(mono));
+                    self.refresh_wanted.set(true);
+                }
+                self.cache.borrow_mut().remove(token);
+                return Err(e);
+            }
+        };
+        let name = v
+            .claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let p = Rc::new(Principal {
+            name,
+            kind: "jwt",
+            jwt: Some(Value::Object(v.claims)),
+            api_key: None,
+        });
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= TOKEN_CACHE_MAX {
+            cache.retain(|_, (_, exp)| now <= exp.saturating_add(jwt::LEEWAY_SECS));
+            if cache.len() >= TOKEN_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(token.to_string(), (Rc::clone(&p), v.exp));
+        Ok(p)
+    }
+}
+
+/// A route's front-door policies.
+#[derive(Debug, Default)]
+pub struct Door {
+    pub api_key: Option<ApiKeys>,
+    pub jwt: Option<Rc<JwtAuth>>,
+    pub rate: Vec<RateLimit>,
+    pub rules: Option<RuleSet>,
+}
+
+/// Why a request is turned away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 401: no or a bad credential. `challenge` is the `WWW-Authenticate` value.
+    Unauthorized { reason: String, challenge: String },
+    /// 429 with `Retry-After` seconds.
+    Limited { retry_after: u64, limit: u64 },
+}
+
+/// What a request brings to the door.
+pub struct Visitor<'a> {
+    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+    /// The verified client certificate's subject (mutual TLS).
+    pub cert_subject: Option<&'a str>,
+    /// Where the protected-resource metadata of this route is, for the challenge.
+    pub metadata_url: Option<String>,
+}
+
+impl Door {
+    /// Authenticates and rate-limits a request: its principal (None: anonymous, allowed by
+    /// the modes in force), or why it is refused.
+    pub fn admit(
+        &self,
+        v: &Visitor<'_>,
+        now: u64,
+        mono: Instant,
+    ) -> Result<Option<Rc<Principal>>, Refusal> {
+        let mut who: Option<Rc<Principal>> = None;
+        if let Some(k) = &self.api_key {
+            match k.location.extract(v.header) {
+                Some(presented) => match apikey::find(&k.keys, presented) {
+                    Some(key) => {
+                        who = Some(Rc::new(Principal {
+                            name: key.name.clone(),
+                            kind: "apiKey",
+                            jwt: None,
+                            api_key: Some(key.metadata.clone()),
+                        }))
+                    }
+                    None if k.mode == Mode::Permissive => {}
+                    None => {
+                        return Err(Refusal::Unauthorized {
+                            reason: "invalid API key".into(),
+                            challenge: "Bearer".into(),
+                        })
+                    }
+                },
+                None if k.mode == Mode::Strict && self.jwt.is_none() => {
+                    return Err(Refusal::Unauthorized {
+                        reason: "an API key is required".into(),
+                        challenge: "Bearer".into(),
+                    })
+                }
+                None => {}
+            }
+        }
+        if let (Some(j), None) = (&self.jwt, &who) {
+            let challenge = |error: Option<&str>| {
+                let mut c = String::from("Bearer");
+                let mut params = Vec::new();
+                if let Some(e) = error {
+                    params.push(format!("error=\"{e}\""));
+                }
+                if let (Some(_), Some(url)) = (&j.mcp, &v.metadata_url) {
+                    params.push(format!("resource_metadata=\"{url}\""));
+                }
+                if let Some(scope) = j
+                    .mcp
+                    .as_ref()
+                    .and_then(|m| m.extra.get("scopes_supported"))
+                    .and_then(Value::as_array)
+                {
+                    let s: Vec<&str> = scope.iter().filter_map(Value::as_str).collect();
+                    if !s.is_empty() {
+                        params.push(format!("scope=\"{}\"", s.join(" ")));
+                    }
+                }
+                if !params.is_empty() {
+                    c.push(' ');
+                    c.push_str(&params.join(", "));
+                }
+                c
+            };
+            match j.location.extract(v.header) {
+                Some(token) => match j.principal(token, now, mono) {
+                    Ok(p) => who = Some(p),
+                    Err(_) if j.mode == Mode::Permissive => {}
+                    Err(e) => {
+                        return Err(Refusal::Unauthorized {
+                            reason: e.to_string(),
+                            challenge: challenge(Some("invalid_token")),
+                        })
+                    }
+                },
+                None if j.mode == Mode::Strict
+                    && !self
+                        .api_key
+                        .as_ref()
+                        .is_some_and(|k| k.mode == Mode::Strict && who.is_some()) =>
+                {
+                    return Err(Refusal::Unauthorized {
+                        reason: "a bearer token is required".into(),
+                        challenge: challenge(None),
+                    })
+                }
+                None => {}
+            }
+        }
+        if who.is_none() {
+            if let Some(subject) = v.cert_subject {
+                who = Some(Rc::new(Principal {
+                    name: subject.to_string(),
+                    kind: "cert",
+                    jwt: None,
+                    api_key: None,
+                }));
+            }
+        }
+        let key = who.as_ref().map(|p| p.key()).unwrap_or_default();
+        for limit in &self.rate {
+            if let Err(retry_after) = limit.take(&key, mono) {
+                return Err(Refusal::Limited {
+                    retry_after,
+                    limit: limit.max_tokens,
+                });
+            }
+        }
+        Ok(who)
+    }
+
+    /// Whether `principal` may use the tool, prompt or resource `kind` (`tool`, `prompt`,
+    /// `resource`) named `name` on `target`. Without rules, everything is allowed.
+    pub fn permits(
+        &self,
+        principal: Option<&Principal>,
+        kind: &str,
+        name: &str,
+        target: &str,
+    ) -> bool {
+        let Some(rules) = &self.rules else {
+            return true;
+        };
+        permits(rules, principal, kind, name, target)
+    }
+}
+
+/// `rules` applied to one tool, prompt or resource.
+pub fn permits(
+    rules: &RuleSet,
+    principal: Option<&Principal>,
+    kind: &str,
+    name: &str,
+    target: &str,
+) -> bool {
+    let mut item = json!({"name": name, "target": target});
+    if kind == "resource" {
+        item["uri"] = json!(name);
+    }
+    let mcp = json!({ kind: item });
+    let vars = Vars {
+        mcp: Some(&mcp),
+        jwt: principal.and_then(|p| p.jwt.as_ref()),
+        api_key: principal.and_then(|p| p.api_key.as_ref()),
+    };
+    rules.permits(&vars)
+}
+
+/// The protected-resource metadata document (RFC 9728) of an `mcpAuthentication` route.
+/// `resource` is the configured one, else the URL the client used.
+pub fn metadata_document(m: &ResourceMetadata, fallback_resource: &str) -> Value {
+    let mut doc = Map::new();
+    doc.insert(
+        "resource".into(),
+        json!(m.resource.as_deref().unwrap_or(fallback_resource)),
+    );
+    doc.insert(
+        "authorization_servers".into(),
+        json!(m.authorization_servers),
+    );
+    for (k, v) in &m.extra {
+        doc.insert(k.clone(), v.clone());
+    }
+    Value::Object(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admit(d: &Door, list: &[(&str, &str)], now: Instant) -> Result<Option<String>, Refusal> {
+        let header = |name: &str| {
+            list.iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        };
+        let v = Visitor {
+            header: &header,
+            cert_subject: None,
+            metadata_url: None,
+        };
+        d.admit(&v, 0, now).map(|p| p.map(|p| p.name.clone()))
+    }
+
+    fn door(mode: Mode) -> Door {
+        Door {
+            api_key: Some(ApiKeys {
+                keys: vec![ApiKey {
+                    digest: apikey::sha256(b"secret-a"),
+                    name: "alice".into(),
+                    metadata: json!({"team": "dev"}),
+                }],
+                mode,
+                location: Location::default(),
+            }),
+            ..Door::default()
+        }
+    }
+
+    #[test]
+    fn api_key_modes() {
+        let now = Instant::now();
+        let good = [("Authorization", "bearer secret-a")];
+        let bad = [("Authorization", "Bearer secret-b")];
+        let strict = door(Mode::Strict);
+        assert_eq!(admit(&strict, &good, now), Ok(Some("alice".into())));
+        assert!(admit(&strict, &bad, now).is_err());
+        assert!(admit(&strict, &[], now).is_err());
+        let optional = door(Mode::Optional);
+        assert_eq!(admit(&optional, &[], now), Ok(None));
+        assert!(admit(&optional, &bad, now).is_err());
+        let permissive = door(Mode::Permissive);
+        assert_eq!(admit(&permissive, &bad, now), Ok(None));
+    }
+
+    #[test]
+    fn rate_limits_are_per_principal() {
+        let mut d = door(Mode::Optional);
+        d.rate.push(RateLimit::new(1, 1, Duration::from_secs(60)));
+        let now = Instant::now();
+        let alice = [("Authorization", "Bearer secret-a")];
+        assert!(admit(&d, &alice, now).is_ok());
+        assert!(matches!(
+            admit(&d, &alice, now),
+            Err(Refusal::Limited {
+                retry_after: 60,
+                ..
+            })
+        ));
+        assert!(
+            admit(&d, &[], now).is_ok(),
+            "the anonymous bucket is another one"
+        );
+    }
+}
