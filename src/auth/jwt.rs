@@ -316,12 +316,13 @@ pub fn verify(token: &str, keys: &[Jwk], expect: &Expect, now: u64) -> Result<Ve
         return Err(JwtError::WrongIssuer);
     }
     if !expect.audiences.is_empty() {
+        // A resource URI with or without its trailing slash is the same audience.
+        let same = |a: &str| {
+            (expect.audiences.iter()).any(|e| e.trim_end_matches('/') == a.trim_end_matches('/'))
+        };
         let ok = match claims.get("aud") {
-            Some(Value::String(a)) => expect.audiences.contains(a),
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| expect.audiences.iter().any(|e| e == a)),
+            Some(Value::String(a)) => same(a),
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(same),
             _ => false,
         };
         if !ok {

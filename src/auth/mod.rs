@@ -41,6 +41,24 @@ impl Principal {
     pub fn key(&self) -> String {
         format!("{}:{}", self.kind, self.name)
     }
+
+    /// A file-name-safe form of the key, unique per principal: what a stdio child of this
+    /// principal's pool finds in `MCPLEX_PRINCIPAL` (and in `${MCPLEX_PRINCIPAL}` in its args
+    /// and env), so it can keep per-principal files.
+    pub fn tag(&self) -> String {
+        let key = self.key();
+        let safe: String = (key.chars().take(48))
+            .map(
+                |c| match c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    true => c,
+                    false => '_',
+                },
+            )
+            .collect();
+        let digest = apikey::sha256(key.as_bytes());
+        let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{safe}-{hex}")
+    }
 }
 
 /// `mode` of an authentication policy (agentgateway's three).

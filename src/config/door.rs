@@ -1,14 +1,17 @@
 //! The front-door route policies: `apiKey`, `jwtAuth`, `mcpAuthentication`,
 //! `mcpAuthorization` and `localRateLimit`, read into an [`auth::Door`].
 
-use super::{join, secret, Checker, Obj, Url};
+use super::{join, secret, Checker, Jwks, Obj, Url};
 use crate::auth::apikey::{parse_key_hash, sha256, ApiKey};
-use crate::auth::jwt::{parse_jwks, Expect};
+use crate::auth::jwt::{parse_jwks, Expect, Jwk};
 use crate::auth::ratelimit::RateLimit;
 use crate::auth::rules::{Rule, RuleSet};
 use crate::auth::{ApiKeys, Door, JwksSource, JwtAuth, Location, Mode, ResourceMetadata};
 use serde_yaml::Value;
 use std::rc::Rc;
+
+/// A JWKS URL to fetch, resolved, with the TLS to fetch it over.
+type Fetch = (Url, Option<std::sync::Arc<rustls::ClientConfig>>);
 
 impl Checker {
     /// Reads the front-door policies out of a route's `policies`; None when it has none.
@@ -25,16 +28,22 @@ impl Checker {
         if jwt.is_some() && mcp.is_some() {
             self.err(&path, "give one of `jwtAuth` and `mcpAuthentication`");
         }
-        if let Some(v) = jwt {
-            door.jwt = self
-                .jwt_auth(v, &join(&path, "jwtAuth"), false)
-                .map(Rc::new);
-            any = true;
-        } else if let Some(v) = mcp {
-            door.jwt = self
-                .jwt_auth(v, &join(&path, "mcpAuthentication"), true)
-                .map(Rc::new);
-            any = true;
+        let parsed = match (jwt, mcp) {
+            (Some(v), _) => self.jwt_auth(v, &join(&path, "jwtAuth"), false),
+            (None, Some(v)) => self.jwt_auth(v, &join(&path, "mcpAuthentication"), true),
+            (None, None) => None,
+        };
+        any |= jwt.is_some() || mcp.is_some();
+        if let Some((auth, fetch)) = parsed {
+            let auth = Rc::new(auth);
+            if let Some((url, tls)) = fetch {
+                self.jwks.push(Jwks {
+                    auth: Rc::clone(&auth),
+                    url,
+                    tls,
+                });
+            }
+            door.jwt = Some(auth);
         }
         if let Some(v) = self.get(o, "mcpAuthorization") {
             door.rules = self.rule_set(v, &join(&path, "mcpAuthorization"));
@@ -163,7 +172,7 @@ impl Checker {
 
     /// `jwtAuth: {issuer, audiences, jwks, mode, location}`; `mcpAuthentication` adds
     /// `resourceMetadata` (and defaults to strict).
-    fn jwt_auth(&mut self, v: &Value, path: &str, mcp: bool) -> Option<JwtAuth> {
+    fn jwt_auth(&mut self, v: &Value, path: &str, mcp: bool) -> Option<(JwtAuth, Option<Fetch>)> {
         let mut o = self.obj(v, path)?;
         let mode = self.mode(&mut o, if mcp { Mode::Strict } else { Mode::Optional });
         let location = self.location(&mut o);
@@ -188,6 +197,17 @@ impl Checker {
             }
             false => None,
         };
+        // MCP authorization: a token must have been issued for this resource (RFC 8707).
+        let mut audiences = audiences;
+        if let Some(m) = metadata.as_ref().filter(|_| audiences.is_empty()) {
+            match &m.resource {
+                Some(r) => audiences.push(r.clone()),
+                None => self.err(
+                    &join(path, "audiences"),
+                    "missing: tokens must name this resource as their audience (or set resourceMetadata.resource)",
+                ),
+            }
+        }
         for key in [
             "provider",
             "clientId",
@@ -198,8 +218,8 @@ impl Checker {
             self.unsupported(&mut o, key);
         }
         self.finish(o);
-        let (source, keys) = jwks?;
-        Some(JwtAuth::new(
+        let (source, keys, fetch) = jwks?;
+        let auth = JwtAuth::new(
             mode,
             location,
             Expect {
@@ -209,17 +229,22 @@ impl Checker {
             source,
             keys,
             metadata,
-        ))
+        );
+        Some((auth, fetch))
     }
 
     /// `jwks: {file: PATH} | {url: URL} | "<inline JWKS JSON>"`.
-    fn jwks(&mut self, v: &Value, path: &str) -> Option<(JwksSource, Vec<crate::auth::jwt::Jwk>)> {
+    fn jwks(&mut self, v: &Value, path: &str) -> Option<(JwksSource, Vec<Jwk>, Option<Fetch>)> {
         let (source, text) = match v {
             Value::String(inline) => (JwksSource::Inline, inline.clone()),
             Value::Mapping(_) => {
                 let mut o = self.obj(v, path)?;
                 let file = self.string(&mut o, "file");
                 let url = self.string(&mut o, "url");
+                let tls = match self.get(&mut o, "backendTLS") {
+                    Some(t) => self.backend_tls(t, &join(path, "backendTLS")),
+                    None => None,
+                };
                 self.finish(o);
                 match (file, url) {
                     (Some(f), None) => match std::fs::read_to_string(&f) {
@@ -230,12 +255,18 @@ impl Checker {
                         }
                     },
                     (None, Some(u)) => {
-                        if let Err(why) = Url::parse(&u) {
-                            self.err(&join(path, "url"), why);
-                            return None;
-                        }
-                        // Fetched by the loop once it runs.
-                        return Some((JwksSource::Url(u), Vec::new()));
+                        // Resolved now (the loop does no DNS), fetched by the loop once it runs.
+                        let url = Url::parse(&u).and_then(|mut url| url.resolve().map(|()| url));
+                        return match url {
+                            Ok(url) => {
+                                let tls = tls.map(|t| std::sync::Arc::clone(&t.config));
+                                Some((JwksSource::Url(u), Vec::new(), Some((url, tls))))
+                            }
+                            Err(why) => {
+                                self.err(&join(path, "url"), why);
+                                None
+                            }
+                        };
                     }
                     _ => {
                         self.err(path, "expected one of `file` and `url`");
@@ -249,7 +280,7 @@ impl Checker {
             }
         };
         match parse_jwks(&text) {
-            Ok(keys) => Some((source, keys)),
+            Ok(keys) => Some((source, keys, None)),
             Err(why) => {
                 self.err(path, why);
                 None

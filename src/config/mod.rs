@@ -46,6 +46,18 @@ pub const DEFAULT_MAX_INFLIGHT: usize = 256;
 pub struct Config {
     pub binds: Vec<Bind>,
     pub limits: Limits,
+    /// The JWKS documents the gateway fetches (and refreshes) for its routes' JWT policies.
+    pub jwks: Vec<Jwks>,
+}
+
+/// A JWKS by URL: where the loop's fetcher gets it and whose keys it sets.
+#[derive(Debug, Clone)]
+pub struct Jwks {
+    pub auth: Rc<crate::auth::JwtAuth>,
+    /// Resolved at load time.
+    pub url: Url,
+    /// `backendTLS` of the `jwks` entry (else the Mozilla roots).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Tunables; all have defaults (see the `DEFAULT_*` constants).
@@ -723,6 +735,8 @@ struct Checker {
     errors: Vec<ConfigError>,
     /// Named `host` backends (`backends: [{name, host, policies}]`), for targets naming them.
     hosts: Vec<(String, String, UpstreamPolicy)>,
+    /// JWKS URLs met so far.
+    jwks: Vec<Jwks>,
 }
 
 /// A named `mcp` backend and the `policies` it was given.
@@ -952,7 +966,12 @@ impl Checker {
                 );
             }
         }
-        Some(Config { binds, limits })
+        let jwks = std::mem::take(&mut self.jwks);
+        Some(Config {
+            binds,
+            limits,
+            jwks,
+        })
     }
 
     /// mcplex's own settings under the top-level `config:` key.

@@ -51,6 +51,8 @@ pub enum Action {
         credential: Option<Rc<str>>,
         /// The link serves a pool (many stateless clients at once), not one session.
         shared: bool,
+        /// The principal the link serves alone (see `Principal::tag`), if any.
+        principal: Option<Rc<str>>,
     },
     /// The session's client presented another credential: the link passes it through from
     /// now on (if its target does).
@@ -372,6 +374,7 @@ impl Relay {
         let policy = Rc::clone(&s.policy);
         let credential = s.credential.clone();
         let shared = s.pool;
+        let principal = s.principal.as_ref().map(|p| Rc::<str>::from(p.tag()));
         for (t, target) in backend.targets.iter().enumerate() {
             let metric = metrics::with(|m| m.target(&format!("{}/{}", backend.name, target.name)));
             let era = match target.era {
@@ -416,6 +419,7 @@ impl Relay {
                         policy: Rc::clone(&policy),
                         credential: credential.clone(),
                         shared,
+                        principal: principal.clone(),
                     });
                 }
             }
@@ -674,6 +678,10 @@ impl Relay {
         let mut s = Session::new(id, Rc::clone(backend), Value::Null);
         s.policy = Rc::clone(policy);
         s.credential = credential;
+        // A pool of one principal's own: its children learn whose it is.
+        s.principal = principal
+            .filter(|_| partition.as_deref().is_some_and(|p| p.starts_with('\u{0}')))
+            .map(|p| Rc::new(p.clone()));
         s.pool_key = Some(key.clone());
         s.pool = true;
         s.metric_all = metrics::with(|m| m.target(&format!("{}/*", backend.name)));

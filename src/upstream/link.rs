@@ -26,6 +26,15 @@ const RETIRE_GRACE: Duration = Duration::from_secs(5);
 
 /// The loop's side of registration: sources are registered on behalf of one link, whose id
 /// the loop stores with each token so readiness comes back to [`Links::ready`].
+/// Whom a link serves: the client's `credential` (for passthrough), many stateless clients at
+/// once (`shared`), one principal alone (`principal`, its `Principal::tag`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinkUse<'a> {
+    pub credential: Option<&'a str>,
+    pub shared: bool,
+    pub principal: Option<&'a str>,
+}
+
 pub trait LinkRegistry {
     fn register(
         &mut self,
@@ -107,7 +116,7 @@ impl Links {
         }
     }
 
-    /// Opens link `id` to `target`: spawns a stdio child, or prepares an HTTP session (a
+    /// Opens link `id` to `target` (used as `how` says): spawns a stdio child, or prepares an HTTP session (a
     /// legacy SSE one opens its stream at once) with the route's `policy` for it and the
     /// client's `credential` (for passthrough). `shared`: the link serves many stateless
     /// clients, so an HTTP one may hold more requests open at once. Err: why it could not be
@@ -117,14 +126,18 @@ impl Links {
         id: LinkId,
         target: &Target,
         policy: &RoutePolicy,
-        credential: Option<&str>,
-        shared: bool,
+        how: LinkUse<'_>,
         reg: &mut dyn LinkRegistry,
     ) -> Result<Vec<LinkEvent>, String> {
+        let LinkUse {
+            credential,
+            shared,
+            principal,
+        } = how;
         let mut events = Vec::new();
         let transport = match &target.kind {
             TargetKind::Stdio(cfg) => {
-                let mut child = StdioChild::spawn(cfg)
+                let mut child = StdioChild::spawn(cfg, principal)
                     .map_err(|e| format!("cannot start command {:?}: {e}", cfg.cmd))?;
                 match register_pipes(&mut child, id, reg) {
                     Ok(tokens) => Transport::Stdio(child, tokens),

@@ -3,6 +3,7 @@
 //! which holder (today, one client session's target) a link serves, and the loop feeds it
 //! readiness and hands what it reports (`LinkEvent`s) to the relay.
 
+pub mod fetch;
 pub mod http;
 pub mod link;
 pub mod stdio;

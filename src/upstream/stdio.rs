@@ -40,14 +40,22 @@ pub struct StdioChild {
 impl StdioChild {
     /// Starts the child (`cmd` looked up in PATH) with `env` added to the inherited environment.
     /// fork/exec is a short blocking call; it happens once per session and target.
-    pub fn spawn(t: &StdioTarget) -> io::Result<StdioChild> {
+    pub fn spawn(t: &StdioTarget, principal: Option<&str>) -> io::Result<StdioChild> {
         let mut cmd = Command::new(&t.cmd);
         if t.clear_env {
             cmd.env_clear();
         }
+        // A child serving one principal alone can keep its files apart by this.
+        let own = |s: &str| match principal {
+            Some(p) => s.replace("${MCPLEX_PRINCIPAL}", p),
+            None => s.to_string(),
+        };
+        if let Some(p) = principal {
+            cmd.env("MCPLEX_PRINCIPAL", p);
+        }
         let mut child = cmd
-            .args(&t.args)
-            .envs(&t.env)
+            .args(t.args.iter().map(|a| own(a)))
+            .envs(t.env.iter().map(|(k, v)| (k, own(v))))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -7,6 +7,8 @@
 //! carries out the actions the relay queued (`carry_out`): open, write to or close links, and
 //! put answers and messages on client connections.
 
+mod tokens;
+
 use crate::client_stream::ClientStream;
 use crate::config::Config;
 use crate::downstream::{Answered, Conn, ConnState, ReadResult};
@@ -19,16 +21,17 @@ use crate::memory::Trimmer;
 use crate::metrics::{self, Gauges};
 use crate::signals::Signals;
 use crate::timer::Timers;
-use crate::upstream::link::{LinkRegistry, Links};
+use crate::upstream::fetch::Fetcher;
+use crate::upstream::link::{LinkUse, Links};
 use crate::upstream::{LinkEvent, LinkId};
 use crate::{log, warn};
-use mio::event::Source;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Registry, Token};
+use mio::{Events, Interest, Poll, Token};
 use serde_json::Value;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokens::{FetchReg, Owner, Reg, Tokens};
 
 /// How often the sweep runs: slow-client and idle checks, stream keep-alives, reaping.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -40,63 +43,6 @@ const MAX_UNWRITTEN: usize = 32 * 1024 * 1024;
 const SIGNAL_TOKEN: Token = Token(0);
 /// While draining, the loop wakes at least this often to see whether it is done.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
-
-/// Who owns a token.
-#[derive(Debug, Clone, Copy)]
-enum Owner {
-    Listener(usize),
-    Conn,
-    /// A socket or pipe of a link.
-    Link(LinkId),
-    Signal,
-}
-
-/// The token table. Tokens are never reused, so a late event for a closed source finds no
-/// owner and is dropped.
-struct Tokens {
-    owners: IdMap<Token, Owner>,
-    next: usize,
-}
-
-impl Tokens {
-    fn add(&mut self, owner: Owner) -> Token {
-        let t = Token(self.next);
-        self.next += 1;
-        self.owners.insert(t, owner);
-        t
-    }
-}
-
-/// Lends the loop's registry and token table to the links.
-struct Reg<'a> {
-    registry: &'a Registry,
-    tokens: &'a mut Tokens,
-}
-
-impl LinkRegistry for Reg<'_> {
-    fn register(
-        &mut self,
-        link: LinkId,
-        src: &mut dyn Source,
-        interest: Interest,
-    ) -> io::Result<Token> {
-        let token = self.tokens.add(Owner::Link(link));
-        if let Err(e) = self.registry.register(src, token, interest) {
-            self.tokens.owners.remove(&token);
-            return Err(e);
-        }
-        Ok(token)
-    }
-
-    fn reregister(&mut self, src: &mut dyn Source, token: Token, i: Interest) -> io::Result<()> {
-        self.registry.reregister(src, token, i)
-    }
-
-    fn deregister(&mut self, src: &mut dyn Source, token: Token) {
-        let _ = self.registry.deregister(src);
-        self.tokens.owners.remove(&token);
-    }
-}
 
 #[derive(Debug)]
 enum Timer {
@@ -112,6 +58,8 @@ pub struct Gateway {
     conns: IdMap<usize, Conn>,
     relay: Relay,
     links: Links,
+    /// JWKS documents the routes' JWT policies name by URL.
+    fetcher: Fetcher,
     timers: Timers<Timer>,
     signals: Signals,
     /// Connections to revisit after the current event (buffered pipelined requests).
@@ -167,6 +115,7 @@ impl Gateway {
             poll,
             relay: Relay::new(cfg.limits.clone()),
             links: Links::new(cfg.limits.max_stdio_line, cfg.limits.request_timeout),
+            fetcher: Fetcher::default(),
             cfg,
             listeners,
             local_addrs,
@@ -227,6 +176,7 @@ impl Gateway {
                 );
             }
         }
+        self.refetch_jwks();
         let mut events = Events::with_capacity(1024);
         let mut ready = Vec::with_capacity(1024);
         loop {
@@ -267,6 +217,13 @@ impl Gateway {
                         }
                     }
                     Owner::Listener(i) => self.accept(i),
+                    Owner::Fetch => {
+                        let mut reg = FetchReg {
+                            registry: self.poll.registry(),
+                            tokens: &mut self.tokens,
+                        };
+                        self.fetcher.ready(token, &mut reg, Instant::now());
+                    }
                     Owner::Conn => self.conn_ready(token.0, readable, writable, closed),
                     Owner::Link(link) => {
                         let mut reg = Reg {
@@ -337,11 +294,16 @@ impl Gateway {
                     policy,
                     credential,
                     shared,
+                    principal,
                 } => {
                     let opened = match backend.targets.get(target) {
                         Some(t) => {
-                            let cred = credential.as_deref();
-                            self.links.open(link, t, &policy, cred, shared, &mut reg)
+                            let how = LinkUse {
+                                credential: credential.as_deref(),
+                                shared,
+                                principal: principal.as_deref(),
+                            };
+                            self.links.open(link, t, &policy, how, &mut reg)
                         }
                         None => Err("no such target".into()),
                     };
@@ -483,9 +445,19 @@ impl Gateway {
         self.links.max_line = new.limits.max_stdio_line;
         self.links.request_timeout = new.limits.request_timeout;
         self.cfg = new;
+        self.refetch_jwks();
         self.reloads += 1;
         metrics::with(|m| m.reloads += 1);
         log!("{why}: configuration reloaded from {path}; new sessions use it");
+    }
+
+    /// Hands the config's JWKS URLs to the fetcher: each is fetched now.
+    fn refetch_jwks(&mut self) {
+        let mut reg = FetchReg {
+            registry: self.poll.registry(),
+            tokens: &mut self.tokens,
+        };
+        (self.fetcher).configure(&self.cfg.jwks, &mut reg, Instant::now());
     }
 
     /// Stops accepting connections (at the connection limit, or when draining).
@@ -728,6 +700,11 @@ impl Gateway {
         };
         let events = self.links.tick(now, &mut reg);
         self.link_events(events);
+        let mut reg = FetchReg {
+            registry: self.poll.registry(),
+            tokens: &mut self.tokens,
+        };
+        self.fetcher.tick(now, &mut reg);
         if self.watch {
             if let Some(path) = &self.config_path {
                 if file_mtime(path) != self.config_mtime {
