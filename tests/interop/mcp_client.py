@@ -58,7 +58,9 @@ async def all_tools(s: ClientSession) -> list[types.Tool]:
     out: list[types.Tool] = []
     cursor = None
     for _ in range(50):
-        page = await step("tools/list", s.list_tools(cursor=cursor) if cursor else s.list_tools())
+        page = await step(
+            "tools/list", s.list_tools(params=types.PaginatedRequestParams(cursor=cursor)) if cursor else s.list_tools()
+        )
         out.extend(page.tools)
         cursor = page.next_cursor
         if not cursor:

@@ -38,6 +38,7 @@ from conftest import EVERYTHING_JS, MCPLEX_BIN, MCPLEX_DEMO_BIN, NODE22, free_po
 from guarded_upstream import guards  # noqa: F401 (a fixture)
 from mcp_client import all_tools, run_client, step, text_of
 from test_backend_auth import initialize
+from test_front_door import sdk_session
 
 AGW_PORT = 3000
 VENV_BIN = Path(sys.executable).parent
@@ -144,7 +145,7 @@ def agw(_server_pool, tmp_path: Path):
 
 def validate(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(MCPLEX_BIN), "-f", str(path), "--validate"], capture_output=True, text=True, timeout=30
+        [str(MCPLEX_BIN), "-f", str(path), "--validate"], capture_output=True, text=True, timeout=30, cwd=path.parent
     )
 
 
@@ -216,6 +217,75 @@ def test_the_multiplexing_example_serves_unchanged(agw, runners):
         assert "both" in text_of(res.content), res
 
     run_client(gw.mcp, body)
+
+
+# agentgateway's MCP authorization example, as it ships (only the upstream's port differs:
+# it points at the test's server-everything): a JWT from a JWKS file, and rules over the tool
+# name and the token's claims.
+MCP_AUTHZ = """\
+# yaml-language-server: $schema=https://agentgateway.dev/schema/config
+mcp:
+  port: 3000
+  policies:
+    cors:
+      allowOrigins:
+      - "*"
+      allowHeaders:
+      - "*"
+      exposeHeaders:
+      - "Mcp-Session-Id"
+    backendAuth:
+      passthrough: {}
+    jwtAuth:
+      issuer: agentgateway.dev
+      audiences: [test.agentgateway.dev]
+      jwks:
+        # Relative to the folder the binary runs from, not the config file
+        file: ./manifests/jwt/pub-key
+    mcpAuthorization:
+      rules:
+      # Allow anyone to call 'echo'
+      - 'mcp.tool.name == "echo"'
+      # Only the test-user can call 'get-sum'
+      - 'jwt.sub == "test-user" && mcp.tool.name == "get-sum"'
+      # Any authenticated user with the claim `nested.key == value` can access 'get-env'
+      - 'mcp.tool.name == "get-env" && jwt.nested.key == "value"'
+  targets:
+  - name: mcp2
+    mcp:
+      host: http://localhost:{PORT}/mcp
+"""
+
+
+def test_the_authorization_example_filters_tools_by_token(agw, everything_http, tmp_path):
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = dict(RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), kid="XhO06x8JjWH1wwkWkyeEUxsooGEWoEdidEpwyd_hmuI", alg="RS256")
+    (tmp_path / "manifests" / "jwt").mkdir(parents=True)
+    (tmp_path / "manifests" / "jwt" / "pub-key").write_text(json.dumps({"keys": [jwk]}))
+    up = everything_http("streamableHttp")
+    gw = agw(MCP_AUTHZ.replace("{PORT}", str(up.port)))
+
+    def token(**claims) -> str:
+        base = {"iss": "agentgateway.dev", "aud": "test.agentgateway.dev", "exp": int(time.time()) + 600}
+        return pyjwt.encode(dict(base, **claims), key, algorithm="RS256", headers={"kid": jwk["kid"]})
+
+    def tools(bearer: str | None) -> list[str]:
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+
+        async def body(s: ClientSession) -> list[str]:
+            return [t.name for t in await all_tools(s)]
+
+        return sorted(sdk_session(gw.mcp, headers, body))
+
+    assert tools(None) == ["echo"], "no token (jwtAuth's default mode is optional): only echo"
+    assert tools(token(sub="test-user")) == ["echo", "get-sum"]
+    assert tools(token(sub="someone", nested={"key": "value"})) == ["echo", "get-env"]
+    status, _ = initialize(gw.mcp, {"Authorization": "Bearer " + token(iss="elsewhere")})
+    assert status == 401, "a token, when given, must be valid"
 
 
 # ---------------------------------------------------------------- compatibility cases
@@ -351,17 +421,13 @@ binds:
     - matches:
       - path: {regex: "^/mcp.*"}
       policies:
-        jwtAuth: {issuer: me, audiences: [you], jwks: {file: jwks.json}}
-        mcpAuthorization: {rules: ["true"]}
-        mcpAuthentication: {issuer: me}
         mcpGuardrails: {}
         extAuthz: {}
-        localRateLimit: []
-        apiKey: {}
         basicAuth: {}
         responseHeaderModifier: {set: {x: y}}
         backendAuth: {aws: {}}
         backendTLS: {cert: c.pem, key: k.pem}
+        mcpAuthentication: {issuer: me, audiences: [you], jwks: {file: jwks.json}, provider: {keycloak: {}}}
       backends:
       - mcp:
           statefulMode: stateless
@@ -395,17 +461,13 @@ UNSUPPORTED_PATHS = [
     "listeners[0].protocol",
     "listeners[0].tls.minTLSVersion",
     "matches[0].path.regex",
-    "policies.jwtAuth",
-    "policies.mcpAuthorization",
-    "policies.mcpAuthentication",
     "policies.mcpGuardrails",
     "policies.extAuthz",
-    "policies.localRateLimit",
-    "policies.apiKey",
     "policies.basicAuth",
     "policies.responseHeaderModifier",
     "policies.backendAuth.aws",
     "policies.backendTLS.cert",
+    "policies.mcpAuthentication.provider",
     "statefulMode",
     "openapi",
     "routes[0].backends",
