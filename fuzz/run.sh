@@ -19,7 +19,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 
 export RUSTC_BOOTSTRAP=1
-targets=(http_request chunked sse jsonrpc config modern)
+targets=(http_request chunked sse jsonrpc config modern jwt rules)
 summary=""
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
