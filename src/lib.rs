@@ -2,10 +2,11 @@
 //!
 //! Layers, top to bottom (nothing imports upward):
 //! `event_loop` (the loop) -> `front` (HTTP decisions) -> `downstream` (client connections, over
-//! `client_stream`) and
-//! `mcp` (the sans-IO relay) -> `upstream` (links) -> `transport`, `tls` -> `http`, `jsonrpc` ->
-//! `config`, `timer`, `scratch`, `idmap`, `metrics`, `log`. The codecs (`http`, `jsonrpc`,
-//! `config`) are pure and public so that `tests/` and `fuzz/` can reach them.
+//! `client_stream`) and `mcp` (the sans-IO relay) -> `upstream` (links, JWKS fetches) ->
+//! `transport`, `tls` -> `http`, `jsonrpc` -> `config` -> `auth` (the front door's policies),
+//! `base64`, `timer`, `scratch`, `idmap`, `metrics`, `log`. The codecs (`http`, `jsonrpc`,
+//! `config`, `auth::jwt`, `auth::rules`) are pure and public so that `tests/` and `fuzz/` can
+//! reach them.
 // Denied everywhere; src/memory.rs alone allows it, for one call into the C library.
 #![deny(unsafe_code)]
 
