@@ -4,6 +4,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Longest status line, header line, chunk-size line or SSE line we accept: a peer that sends
@@ -14,10 +15,77 @@ const MAX_BODY: u64 = 16 << 20;
 
 /// A connection with its read buffer. Writes go straight to the socket (`get_mut`), which does
 /// not disturb buffered input.
-pub type Conn = BufReader<TcpStream>;
+pub type Conn = BufReader<Stream>;
+
+/// Plain TCP, or TLS for an https:// URL (trusting the PEM roots in `LOADGEN_CA_FILE`).
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Headers every request carries, from `LOADGEN_HEADERS` ("Name: value" lines), such as
+/// `Authorization: Bearer ...` for an authenticating gateway.
+fn extra_headers() -> &'static [(String, String)] {
+    static H: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    H.get_or_init(|| {
+        let text = std::env::var("LOADGEN_HEADERS").unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            .collect()
+    })
+}
+
+fn tls_config() -> io::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    static C: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    let made = C.get_or_init(|| {
+        let path = std::env::var("LOADGEN_CA_FILE")
+            .map_err(|_| "https:// needs LOADGEN_CA_FILE".to_string())?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&path).map_err(|e| format!("{path}: {e}"))? {
+            let cert = cert.map_err(|e| format!("{path}: {e}"))?;
+            roots.add(cert).map_err(|e| format!("{path}: {e}"))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(cfg))
+    });
+    made.clone().map_err(io::Error::other)
+}
 
 #[derive(Clone, Debug)]
 pub struct Url {
+    pub https: bool,
     pub host: String,
     pub port: u16,
     /// Path plus query, always starting with `/`.
@@ -26,21 +94,24 @@ pub struct Url {
 
 impl Url {
     pub fn parse(s: &str) -> Result<Url, String> {
-        let rest = s
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{s}: only http:// URLs are supported"))?;
+        let (https, rest) = match (s.strip_prefix("http://"), s.strip_prefix("https://")) {
+            (Some(r), _) => (false, r),
+            (None, Some(r)) => (true, r),
+            _ => return Err(format!("{s}: only http:// and https:// URLs are supported")),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) => (h, p.parse().map_err(|_| format!("{s}: bad port"))?),
-            None => (authority, 80),
+            None => (authority, if https { 443 } else { 80 }),
         };
         if host.is_empty() {
             return Err(format!("{s}: no host"));
         }
         Ok(Url {
+            https,
             host: host.to_string(),
             port,
             path: path.to_string(),
@@ -49,7 +120,7 @@ impl Url {
 
     /// The same server with another path; `target` may also be an absolute http:// URL.
     pub fn join(&self, target: &str) -> Result<Url, String> {
-        if target.starts_with("http://") {
+        if target.starts_with("http://") || target.starts_with("https://") {
             return Url::parse(target);
         }
         if !target.starts_with('/') {
@@ -75,6 +146,16 @@ pub fn connect(url: &Url, timeout: Duration) -> io::Result<Conn> {
     // A hung peer becomes an error instead of a hung benchmark.
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    let stream = match url.https {
+        false => Stream::Plain(stream),
+        true => {
+            let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let conn =
+                rustls::ClientConnection::new(tls_config()?, name).map_err(io::Error::other)?;
+            Stream::Tls(Box::new(rustls::StreamOwned::new(conn, stream)))
+        }
+    };
     Ok(BufReader::with_capacity(16 * 1024, stream))
 }
 
@@ -91,7 +172,10 @@ pub fn write_request(
         url.path,
         url.authority()
     );
-    for (name, value) in headers {
+    let extra = extra_headers()
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()));
+    for (name, value) in headers.iter().copied().chain(extra) {
         req.push_str(name);
         req.push_str(": ");
         req.push_str(value);

@@ -1,7 +1,7 @@
 //! Turns the run script's raw records (JSON lines) into the one results table, as markdown
 //! (printed and written) and JSON.
 //!
-//! Record ids: `GROUP/SYSTEM/PARAM` for load runs (groups `http`, `stdio`, `sse`, `modern`,
+//! Record ids: `GROUP/SYSTEM/PARAM` for load runs (groups `http`, `https`, `stdio`, `sse`, `modern`,
 //! `fanout`, `modernfanout`),
 //! `mem/SYSTEM/KIND`, `startup/SYSTEM`, `size/WHAT`, `info/SYSTEM` and `meta`.
 
@@ -150,6 +150,22 @@ fn load_rows(recs: &Records, group: &str, title: &str, rows: &mut Vec<Row>) {
                 runs[0].and_then(|r| num(r, "p50_ms")),
             ) {
                 note.push_str(&format!("; p50 {}× of 1 target", fmt(here / base)));
+            }
+        }
+        // The TLS + JWT row beside the plain one: the gateway's CPU per call, both ways.
+        if group == "https" {
+            let plain = recs
+                .get(&format!("http/mcplex/{param}"))
+                .and_then(|r| num(r, "cpu_us_per_req"));
+            if let (Some(plain), Some(here)) =
+                (plain, runs[0].and_then(|r| num(r, "cpu_us_per_req")))
+            {
+                note.push_str(&format!(
+                    "gateway CPU {} µs/call vs {} µs plain (+{})",
+                    fmt(here),
+                    fmt(plain),
+                    fmt((here - plain).max(0.0))
+                ));
             }
         }
         let errors: f64 = runs.iter().flatten().filter_map(|r| num(r, "errors")).sum();
@@ -395,6 +411,12 @@ pub fn run(raw: &str, md: &str, json_out: &str, date: &str) -> Result<bool, Stri
     let recs = Records(all);
     let mut rows = Vec::new();
     load_rows(&recs, "http", "HTTP upstream, tools/call echo", &mut rows);
+    load_rows(
+        &recs,
+        "https",
+        "HTTP upstream, HTTPS listener + JWT (jwtAuth), echo",
+        &mut rows,
+    );
     load_rows(&recs, "stdio", "stdio upstream, tools/call echo", &mut rows);
     load_rows(
         &recs,
