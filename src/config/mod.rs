@@ -155,6 +155,19 @@ impl Bind {
             })
             .any(|t| t.is_some_and(|t| t.options.insecure))
     }
+
+    /// Whether a route of this port authenticates clients with `mcpAuthentication` and also
+    /// passes their token on to a target (`backendAuth: passthrough`), which the MCP
+    /// authorization spec forbids (tokens are for this resource alone).
+    pub fn passes_oauth_tokens_on(&self) -> bool {
+        let routes = self.listeners.iter().flat_map(|l| l.routes.iter());
+        routes.into_iter().any(|r| {
+            let oauth = (r.policy.door.as_ref())
+                .and_then(|d| d.jwt.as_ref())
+                .is_some_and(|j| j.mcp.is_some());
+            oauth && r.policy.passthrough
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -31,7 +31,7 @@ use serde_json::Value;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokens::{FetchReg, Owner, Reg, Tokens};
+use tokens::{Owner, Reg, Tokens};
 
 /// How often the sweep runs: slow-client and idle checks, stream keep-alives, reaping.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -175,6 +175,12 @@ impl Gateway {
                     bind.addr
                 );
             }
+            if bind.passes_oauth_tokens_on() {
+                warn!(
+                    "WARNING: a route of bind {b} ({}) passes its clients' OAuth tokens to a target (mcpAuthentication with backendAuth passthrough); the MCP spec forbids token passthrough",
+                    bind.addr
+                );
+            }
         }
         self.refetch_jwks();
         let mut events = Events::with_capacity(1024);
@@ -218,7 +224,7 @@ impl Gateway {
                     }
                     Owner::Listener(i) => self.accept(i),
                     Owner::Fetch => {
-                        let mut reg = FetchReg {
+                        let mut reg = Reg {
                             registry: self.poll.registry(),
                             tokens: &mut self.tokens,
                         };
@@ -453,7 +459,7 @@ impl Gateway {
 
     /// Hands the config's JWKS URLs to the fetcher: each is fetched now.
     fn refetch_jwks(&mut self) {
-        let mut reg = FetchReg {
+        let mut reg = Reg {
             registry: self.poll.registry(),
             tokens: &mut self.tokens,
         };
@@ -700,7 +706,7 @@ impl Gateway {
         };
         let events = self.links.tick(now, &mut reg);
         self.link_events(events);
-        let mut reg = FetchReg {
+        let mut reg = Reg {
             registry: self.poll.registry(),
             tokens: &mut self.tokens,
         };

@@ -37,10 +37,32 @@ impl Tokens {
     }
 }
 
-/// Lends the loop's registry and token table to the links.
+/// Lends the loop's registry and token table to the links (`LinkRegistry`) and to the JWKS
+/// fetcher (`Registrar`): a source registered through it gets a fresh token owned by them.
 pub struct Reg<'a> {
     pub registry: &'a Registry,
     pub tokens: &'a mut Tokens,
+}
+
+impl Reg<'_> {
+    fn watch(
+        &mut self,
+        owner: Owner,
+        src: &mut dyn Source,
+        interest: Interest,
+    ) -> io::Result<Token> {
+        let token = self.tokens.add(owner);
+        if let Err(e) = self.registry.register(src, token, interest) {
+            self.tokens.owners.remove(&token);
+            return Err(e);
+        }
+        Ok(token)
+    }
+
+    fn unwatch(&mut self, src: &mut dyn Source, token: Token) {
+        let _ = self.registry.deregister(src);
+        self.tokens.owners.remove(&token);
+    }
 }
 
 impl LinkRegistry for Reg<'_> {
@@ -50,12 +72,7 @@ impl LinkRegistry for Reg<'_> {
         src: &mut dyn Source,
         interest: Interest,
     ) -> io::Result<Token> {
-        let token = self.tokens.add(Owner::Link(link));
-        if let Err(e) = self.registry.register(src, token, interest) {
-            self.tokens.owners.remove(&token);
-            return Err(e);
-        }
-        Ok(token)
+        self.watch(Owner::Link(link), src, interest)
     }
 
     fn reregister(&mut self, src: &mut dyn Source, token: Token, i: Interest) -> io::Result<()> {
@@ -63,25 +80,13 @@ impl LinkRegistry for Reg<'_> {
     }
 
     fn deregister(&mut self, src: &mut dyn Source, token: Token) {
-        let _ = self.registry.deregister(src);
-        self.tokens.owners.remove(&token);
+        self.unwatch(src, token)
     }
 }
 
-/// Lends the loop's registry and token table to the JWKS fetcher.
-pub struct FetchReg<'a> {
-    pub registry: &'a Registry,
-    pub tokens: &'a mut Tokens,
-}
-
-impl Registrar for FetchReg<'_> {
+impl Registrar for Reg<'_> {
     fn register(&mut self, src: &mut dyn Source, interest: Interest) -> io::Result<Token> {
-        let token = self.tokens.add(Owner::Fetch);
-        if let Err(e) = self.registry.register(src, token, interest) {
-            self.tokens.owners.remove(&token);
-            return Err(e);
-        }
-        Ok(token)
+        self.watch(Owner::Fetch, src, interest)
     }
 
     fn reregister(&mut self, src: &mut dyn Source, token: Token, i: Interest) -> io::Result<()> {
@@ -89,7 +94,6 @@ impl Registrar for FetchReg<'_> {
     }
 
     fn deregister(&mut self, src: &mut dyn Source, token: Token) {
-        let _ = self.registry.deregister(src);
-        self.tokens.owners.remove(&token);
+        self.unwatch(src, token)
     }
 }

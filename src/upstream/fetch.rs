@@ -59,6 +59,15 @@ impl Fetcher {
     /// The JWKS URLs of a (re)loaded config: every one is fetched now; fetches under way for
     /// the config it replaces are dropped.
     pub fn configure(&mut self, list: &[Jwks], reg: &mut dyn Registrar, now: Instant) {
+        // A reloaded config's policy starts with the keys its URL served so far, so tokens
+        // keep working while the fresh fetch is under way.
+        for j in list {
+            let old = self.jobs.iter().find(|o| shown(&o.url) == shown(&j.url));
+            if let Some(o) = old.filter(|_| j.auth.keys.borrow().is_empty()) {
+                let keys = (**o.auth.keys.borrow()).clone();
+                j.auth.set_keys(keys);
+            }
+        }
         for j in self.jobs.drain(..) {
             if let Some(mut g) = j.get {
                 reg.deregister(&mut g.t.sock, g.token);

@@ -286,3 +286,43 @@ def test_reload_reads_a_new_certificate(gateway, tmp_path):
     with pytest.raises(ssl.SSLCertVerificationError):
         with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as raw:
             client_context(first["ca"]).wrap_socket(raw, server_hostname="localhost")
+
+
+def test_a_client_certificate_names_the_principal(gateway, tmp_path):
+    """Mutual TLS without other authentication: the certificate's CN is the principal, so
+    two clients' stateless requests to server-memory get separate children and files."""
+    from conftest import NODE_MODULES, NODE22
+
+    pki = tmp_path / "pki"
+    certs = make_certs(pki)
+    people = {name: make_client_cert(pki, name) for name in ("alice", "bob")}
+    memory_js = NODE_MODULES / "@modelcontextprotocol" / "server-memory" / "dist" / "index.js"
+    target = {
+        "name": "memory",
+        "stdio": {
+            "cmd": str(NODE22),
+            "args": [str(memory_js)],
+            "env": {"MEMORY_FILE_PATH": str(tmp_path / "memory-${MCPLEX_PRINCIPAL}.jsonl")},
+        },
+    }
+    cfg = https_config(certs, root=certs["ca"])
+    cfg["binds"][0]["listeners"][0]["routes"][0]["backends"][0]["mcp"]["targets"] = [target]
+    gw = gateway(cfg)
+
+    def call(who: str, name: str, args: dict) -> str:
+        ctx = client_context(certs["ca"], people[who])
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": args,
+                "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}}}  # fmt: skip
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                   "MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": name}  # fmt: skip
+        r = httpx2.post(https_url(gw), json=body, headers=headers, verify=ctx, timeout=STEP_TIMEOUT_S)
+        assert r.status_code == 200, r.text
+        return json.dumps(r.json()["result"])
+
+    for who in people:
+        call(who, "create_entities", {"entities": [{"name": f"{who}-note", "entityType": "note", "observations": ["x"]}]})
+    assert "alice-note" in call("alice", "read_graph", {}) and "bob-note" not in call("alice", "read_graph", {})
+    assert "bob-note" in call("bob", "read_graph", {}) and "alice-note" not in call("bob", "read_graph", {})
+    files = sorted(p.name for p in tmp_path.glob("memory-*.jsonl"))
+    assert [f.startswith("memory-cert_alice-") for f in files] == [True, False], files
+    assert files[1].startswith("memory-cert_bob-"), files
