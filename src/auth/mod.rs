@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Verified tokens remembered (until their `exp`) so a token is checked once, not per call.
-const TOKEN_CACHE_MAX: usize = 4096;
+const TOKEN_CACHE_MAX: usize = 1024;
 /// A token naming an unknown `kid` asks for a JWKS refresh at most this often.
 pub const KID_REFRESH_MIN: Duration = Duration::from_secs(10);
 
@@ -232,6 +232,31 @@ impl JwtAuth {
     }
 }
 
+/// The `WWW-Authenticate` value of a JWT policy's 401: `Bearer`, with the MCP resource's
+/// metadata URL and scopes for `mcpAuthentication`, and `error` when a token was refused.
+fn challenge(j: &JwtAuth, v: &Visitor<'_>, error: Option<&str>) -> String {
+    let mut params = Vec::new();
+    if let (Some(_), Some(url)) = (&j.mcp, &v.metadata_url) {
+        params.push(format!("resource_metadata=\"{url}\""));
+    }
+    let scopes = (j.mcp.as_ref())
+        .and_then(|m| m.extra.get("scopes_supported"))
+        .and_then(Value::as_array);
+    if let Some(scope) = scopes {
+        let s: Vec<&str> = scope.iter().filter_map(Value::as_str).collect();
+        if !s.is_empty() {
+            params.push(format!("scope=\"{}\"", s.join(" ")));
+        }
+    }
+    if let Some(e) = error {
+        params.push(format!("error=\"{e}\""));
+    }
+    match params.is_empty() {
+        true => "Bearer".into(),
+        false => format!("Bearer {}", params.join(", ")),
+    }
+}
+
 /// A route's front-door policies.
 #[derive(Debug, Default)]
 pub struct Door {
@@ -269,6 +294,12 @@ impl Door {
         mono: Instant,
     ) -> Result<Option<Rc<Principal>>, Refusal> {
         let mut who: Option<Rc<Principal>> = None;
+        // A strict policy that found no credential of its kind: refused unless another policy
+        // authenticated the request.
+        let mut missing: Option<Refusal> = None;
+        // A presented key no API key matched: with a JWT policy too, the credential may be a
+        // token (both read `Authorization: Bearer` by default), so the JWT policy decides.
+        let mut unknown_key = false;
         if let Some(k) = &self.api_key {
             match k.location.extract(v.header) {
                 Some(presented) => match apikey::find(&k.keys, presented) {
@@ -281,6 +312,7 @@ impl Door {
                         }))
                     }
                     None if k.mode == Mode::Permissive => {}
+                    None if self.jwt.is_some() => unknown_key = true,
                     None => {
                         return Err(Refusal::Unauthorized {
                             reason: "invalid API key".into(),
@@ -288,8 +320,8 @@ impl Door {
                         })
                     }
                 },
-                None if k.mode == Mode::Strict && self.jwt.is_none() => {
-                    return Err(Refusal::Unauthorized {
+                None if k.mode == Mode::Strict => {
+                    missing = Some(Refusal::Unauthorized {
                         reason: "an API key is required".into(),
                         challenge: "Bearer".into(),
                     })
@@ -298,56 +330,33 @@ impl Door {
             }
         }
         if let (Some(j), None) = (&self.jwt, &who) {
-            let challenge = |error: Option<&str>| {
-                let mut c = String::from("Bearer");
-                let mut params = Vec::new();
-                if let Some(e) = error {
-                    params.push(format!("error=\"{e}\""));
-                }
-                if let (Some(_), Some(url)) = (&j.mcp, &v.metadata_url) {
-                    params.push(format!("resource_metadata=\"{url}\""));
-                }
-                if let Some(scope) = j
-                    .mcp
-                    .as_ref()
-                    .and_then(|m| m.extra.get("scopes_supported"))
-                    .and_then(Value::as_array)
-                {
-                    let s: Vec<&str> = scope.iter().filter_map(Value::as_str).collect();
-                    if !s.is_empty() {
-                        params.push(format!("scope=\"{}\"", s.join(" ")));
-                    }
-                }
-                if !params.is_empty() {
-                    c.push(' ');
-                    c.push_str(&params.join(", "));
-                }
-                c
-            };
+            let challenge = |error: Option<&str>| challenge(j, v, error);
             match j.location.extract(v.header) {
                 Some(token) => match j.principal(token, now, mono) {
                     Ok(p) => who = Some(p),
-                    Err(_) if j.mode == Mode::Permissive => {}
+                    Err(_) if j.mode == Mode::Permissive && !unknown_key => {}
                     Err(e) => {
+                        let reason = match unknown_key {
+                            true => format!("neither a known API key nor a valid token ({e})"),
+                            false => e.to_string(),
+                        };
                         return Err(Refusal::Unauthorized {
-                            reason: e.to_string(),
+                            reason,
                             challenge: challenge(Some("invalid_token")),
-                        })
+                        });
                     }
                 },
-                None if j.mode == Mode::Strict
-                    && !self
-                        .api_key
-                        .as_ref()
-                        .is_some_and(|k| k.mode == Mode::Strict && who.is_some()) =>
-                {
-                    return Err(Refusal::Unauthorized {
+                None if j.mode == Mode::Strict => {
+                    missing = Some(Refusal::Unauthorized {
                         reason: "a bearer token is required".into(),
                         challenge: challenge(None),
                     })
                 }
                 None => {}
             }
+        }
+        if let (None, Some(refusal)) = (&who, missing) {
+            return Err(refusal);
         }
         if who.is_none() {
             if let Some(subject) = v.cert_subject {
@@ -473,6 +482,34 @@ mod tests {
         assert!(admit(&optional, &bad, now).is_err());
         let permissive = door(Mode::Permissive);
         assert_eq!(admit(&permissive, &bad, now), Ok(None));
+    }
+
+    #[test]
+    fn api_key_and_jwt_together() {
+        let now = Instant::now();
+        let mut d = door(Mode::Strict);
+        d.jwt = Some(Rc::new(JwtAuth::new(
+            Mode::Optional,
+            Location::default(),
+            Expect::default(),
+            JwksSource::Inline,
+            Vec::new(),
+            None,
+        )));
+        // The strict key policy still refuses a request with no credential at all.
+        assert!(admit(&d, &[], now).is_err());
+        assert_eq!(
+            admit(&d, &[("Authorization", "Bearer secret-a")], now),
+            Ok(Some("alice".into()))
+        );
+        // A bearer credential that is no key goes to the JWT policy, which refuses it.
+        match admit(&d, &[("Authorization", "Bearer not-a-key")], now) {
+            Err(Refusal::Unauthorized { reason, challenge }) => {
+                assert!(reason.contains("neither"), "{reason}");
+                assert!(challenge.contains("invalid_token"), "{challenge}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
