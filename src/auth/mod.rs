@@ -208,10 +208,10 @@ impl JwtAuth {
                 return Err(e);
             }
         };
-        let name = v
-            .claims
-            .get("sub")
-            .and_then(Value::as_str)
+        // The subject; a machine client's token may name only its client.
+        let name = ["sub", "client_id", "azp"]
+            .iter()
+            .find_map(|c| v.claims.get(*c).and_then(Value::as_str))
             .unwrap_or("")
             .to_string();
         let p = Rc::new(Principal {

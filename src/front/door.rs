@@ -21,7 +21,14 @@ pub const UNAUTHORIZED: i64 = -32001;
 /// `scheme://host` of the request, as the client addressed it.
 fn origin(req: &Request, tls: bool) -> String {
     let scheme = if tls { "https" } else { "http" };
-    format!("{scheme}://{}", req.header("host").unwrap_or("localhost"))
+    // The Host goes into a quoted header parameter and a JSON document: only a host name,
+    // an IP literal and a port are taken from it.
+    let host = req.header("host").filter(|h| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    });
+    format!("{scheme}://{}", host.unwrap_or("localhost"))
 }
 
 /// The path of the MCP endpoint a metadata document describes: the configured resource's,
