@@ -22,8 +22,15 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Status::Complete(req, _)) = parse_request(data, &LIMITS) {
         if let Ok(mut msg) = serde_json::from_slice::<serde_json::Value>(&req.body) {
             if modern::is_modern(&req, &msg) {
-                if let Ok(mut env) = modern::check(&req, &msg) {
-                    modern::take_envelope(&mut msg, &mut env);
+                if modern::take(&req, &mut msg).is_ok() {
+                    let meta = msg.get("params").and_then(|p| p.get("_meta"));
+                    let keys = meta.and_then(|m| m.as_object()).map(|m| m.keys().count());
+                    assert!(
+                        !meta.and_then(|m| m.as_object()).is_some_and(|m| m
+                            .keys()
+                            .any(|k| k.starts_with("io.modelcontextprotocol/"))),
+                        "an envelope key left in _meta ({keys:?} keys)"
+                    );
                 }
             }
         }

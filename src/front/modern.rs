@@ -6,8 +6,8 @@ use super::Reply;
 use crate::http::parse::Request;
 use crate::jsonrpc;
 use crate::jsonrpc::Path;
+use crate::mcp::META_CLIENT_CAPABILITIES;
 use crate::mcp::{ALL_VERSIONS, META_PROTOCOL_VERSION, MODERN_VERSION};
-use crate::mcp::{META_CLIENT_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL};
 use serde_json::{json, Value};
 
 /// What a modern request says of its client.
@@ -72,23 +72,58 @@ pub fn name_param(method: &str) -> Option<&'static str> {
     }
 }
 
-/// The checks a modern request passes before it is served. Err: the 400 to answer with.
-pub fn check(req: &Request, msg: &Value) -> Result<Envelope, Reply> {
-    let meta = msg.at("/params/_meta").and_then(Value::as_object);
-    let missing: Vec<&str> = [META_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES]
-        .into_iter()
-        .filter(|k| !meta.is_some_and(|m| m.contains_key(*k)))
-        .collect();
-    let Some(meta) = meta.filter(|_| missing.is_empty()) else {
+/// The checks a modern request passes before it is served, taking its envelope out on the
+/// way: the client's capabilities and `clientInfo` move into the `Envelope`, and every
+/// `io.modelcontextprotocol/` key leaves `_meta` (a legacy upstream gets none of it; a modern
+/// one gets the envelope rebuilt). `_meta` is read in one pass: its keys share a long prefix,
+/// so each lookup by name would compare it again. Err: the 400 to answer with.
+pub fn take(req: &Request, msg: &mut Value) -> Result<Envelope, Reply> {
+    let params = msg.get_mut("params").and_then(Value::as_object_mut);
+    let meta = params.and_then(|p| match p.remove("_meta") {
+        Some(Value::Object(m)) => Some((p, m)),
+        Some(other) => {
+            p.insert("_meta".into(), other);
+            None
+        }
+        None => None,
+    });
+    let (mut version, mut capabilities, mut client_info, mut log_level) = (None, None, None, None);
+    if let Some((params, meta)) = meta {
+        let mut rest = serde_json::Map::new();
+        for (k, v) in meta {
+            match k.strip_prefix(crate::mcp::META_PREFIX) {
+                Some("protocolVersion") => version = Some(v),
+                Some("clientCapabilities") => capabilities = Some(v),
+                Some("clientInfo") => client_info = Some(v),
+                Some("logLevel") => log_level = Some(v),
+                Some(_) => {}
+                None => {
+                    rest.insert(k, v);
+                }
+            }
+        }
+        if !rest.is_empty() {
+            params.insert("_meta".into(), Value::Object(rest));
+        }
+    }
+    let msg: &Value = msg;
+    let missing: Vec<&str> = [
+        (META_PROTOCOL_VERSION, version.is_none()),
+        (META_CLIENT_CAPABILITIES, capabilities.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(k, absent)| absent.then_some(k))
+    .collect();
+    if !missing.is_empty() {
         let why = format!(
             "params._meta is missing the required key(s): {}",
             missing.join(", ")
         );
         return Err(refuse(msg, jsonrpc::INVALID_PARAMS, &why, None));
-    };
-    let version = meta.get(META_PROTOCOL_VERSION).and_then(Value::as_str);
-    let capabilities = meta.get(META_CLIENT_CAPABILITIES).filter(|c| c.is_object());
-    let (Some(version), Some(_)) = (version, capabilities) else {
+    }
+    let (Some(Value::String(version)), Some(capabilities @ Value::Object(_))) =
+        (version, capabilities)
+    else {
         let why = "params._meta: the protocol version must be a string and the client capabilities an object";
         return Err(refuse(msg, jsonrpc::INVALID_PARAMS, why, None));
     };
@@ -97,14 +132,17 @@ pub fn check(req: &Request, msg: &Value) -> Result<Envelope, Reply> {
         let why = format!("the {what} header does not match the request body");
         Err(refuse(msg, jsonrpc::HEADER_MISMATCH, &why, None))
     };
-    if req.header("mcp-protocol-version") != Some(version) {
+    if req.header("mcp-protocol-version") != Some(version.as_str()) {
         return mismatch("MCP-Protocol-Version");
     }
     if req.header("mcp-method") != Some(method) {
         return mismatch("Mcp-Method");
     }
     if let Some(key) = name_param(method) {
-        let body = msg.at(&format!("/params/{key}")).and_then(Value::as_str);
+        let body = msg
+            .get("params")
+            .and_then(|p| p.get(key))
+            .and_then(Value::as_str);
         let header = req.header("mcp-name").map(decode_header_value);
         if body.is_some() && header.as_deref() != body {
             return mismatch("Mcp-Name");
@@ -119,37 +157,12 @@ pub fn check(req: &Request, msg: &Value) -> Result<Envelope, Reply> {
             Some(data),
         ));
     }
-    let log_level = meta
-        .get(META_LOG_LEVEL)
-        .and_then(Value::as_str)
-        .map(str::to_string);
     Ok(Envelope {
-        version: version.to_string(),
-        // Moved out of the message by `take_envelope`, not copied.
-        capabilities: Value::Null,
-        client_info: None,
-        log_level,
+        version,
+        capabilities,
+        client_info,
+        log_level: log_level.and_then(|l| l.as_str().map(str::to_string)),
     })
-}
-
-/// Takes the checked envelope out of a modern request: the client's capabilities and
-/// `clientInfo` move into `env`, and every `io.modelcontextprotocol/` key leaves `_meta` (a
-/// legacy upstream gets none of it; a modern one gets the envelope rebuilt from `env`).
-pub fn take_envelope(msg: &mut Value, env: &mut Envelope) {
-    let Some(params) = msg.get_mut("params").and_then(Value::as_object_mut) else {
-        return;
-    };
-    let Some(Value::Object(meta)) = params.get_mut("_meta") else {
-        return;
-    };
-    if let Some(c) = meta.remove(META_CLIENT_CAPABILITIES) {
-        env.capabilities = c;
-    }
-    env.client_info = meta.remove(META_CLIENT_INFO);
-    meta.retain(|k, _| !k.starts_with(crate::mcp::META_PREFIX));
-    if meta.is_empty() {
-        params.remove("_meta");
-    }
 }
 
 /// A header value as the revision encodes non-ASCII ones: `=?base64?<base64>?=`, else as it
@@ -174,6 +187,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::super::tests::parse;
     use super::*;
+    use crate::mcp::META_LOG_LEVEL;
 
     fn post(headers: &str, body: &Value) -> (Request, Value) {
         let text = body.to_string();
@@ -210,7 +224,7 @@ mod tests {
             &call(MODERN_VERSION, json!({META_LOG_LEVEL: "info"})),
         );
         assert!(is_modern(&req, &msg));
-        let env = check(&req, &msg).expect("valid");
+        let env = take(&req, &mut msg.clone()).expect("valid");
         assert_eq!(env.version, MODERN_VERSION);
         assert_eq!(env.log_level.as_deref(), Some("info"));
     }
@@ -221,20 +235,29 @@ mod tests {
         let bare = json!({"jsonrpc":"2.0","id":3,"method":"tools/list","params":{}});
         let (req, msg) = post(HEADERS, &bare);
         assert!(is_modern(&req, &msg));
-        assert_eq!(code(check(&req, &msg)), (400, jsonrpc::INVALID_PARAMS));
+        assert_eq!(
+            code(take(&req, &mut msg.clone())),
+            (400, jsonrpc::INVALID_PARAMS)
+        );
         // Headers that disagree with the body.
         let (req, msg) = post(
             "Mcp-Method: tools/call\r\nMcp-Name: echo\r\n",
             &call(MODERN_VERSION, json!({})),
         );
-        assert_eq!(code(check(&req, &msg)), (400, jsonrpc::HEADER_MISMATCH));
+        assert_eq!(
+            code(take(&req, &mut msg.clone())),
+            (400, jsonrpc::HEADER_MISMATCH)
+        );
         let wrong_name = HEADERS.replace("Mcp-Name: echo", "Mcp-Name: other");
         let (req, msg) = post(&wrong_name, &call(MODERN_VERSION, json!({})));
-        assert_eq!(code(check(&req, &msg)), (400, jsonrpc::HEADER_MISMATCH));
+        assert_eq!(
+            code(take(&req, &mut msg.clone())),
+            (400, jsonrpc::HEADER_MISMATCH)
+        );
         // An unknown version, stated consistently: -32022 with the supported list.
         let future = HEADERS.replace("2026-07-28", "2027-01-01");
         let (req, msg) = post(&future, &call("2027-01-01", json!({})));
-        let r = check(&req, &msg).expect_err("refused");
+        let r = take(&req, &mut msg.clone()).expect_err("refused");
         let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
         assert_eq!(body["error"]["code"], jsonrpc::UNSUPPORTED_VERSION);
         assert_eq!(body["error"]["data"]["requested"], "2027-01-01");

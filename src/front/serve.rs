@@ -294,12 +294,11 @@ fn modern_post(
     Entry { route, who }: Entry<'_>,
     keep: bool,
 ) {
-    let mut envelope = match modern::check(req, &msg) {
+    let mut msg = msg;
+    let envelope = match modern::take(req, &mut msg) {
         Ok(e) => e,
         Err(r) => return respond(c, r, keep),
     };
-    let mut msg = msg;
-    modern::take_envelope(&mut msg, &mut envelope);
     match jsonrpc::classify(&msg) {
         Ok(Kind::Request) => {}
         // Nothing to say back; a stateless client cancels by closing its reply stream.
@@ -329,7 +328,7 @@ fn modern_post(
     });
     c.chunked = req.minor_version > 0;
     let name = modern::name_param(method)
-        .and_then(|k| msg.at(&format!("/params/{k}")))
+        .and_then(|k| msg.get("params")?.get(k))
         .and_then(Value::as_str)
         .unwrap_or("");
     let modern = Modern {
