@@ -1363,6 +1363,11 @@ impl Relay {
                 let principal = modern.as_ref().and_then(|m| m.principal.as_deref());
                 let principal = principal.or(s.principal.as_deref());
                 if let Some((code, why)) = forbidden(s, principal, &method, t, p.as_ref()) {
+                    // 2026-07-28 has no -32002: a missing resource is invalid params.
+                    let code = match (code, modern.is_some()) {
+                        (jsonrpc::RESOURCE_NOT_FOUND, true) => jsonrpc::INVALID_PARAMS,
+                        (code, _) => code,
+                    };
                     metrics::with(|m| m.refusal("forbidden"));
                     warn!(
                         "[{}] {method} refused by mcpAuthorization for {}",

@@ -75,7 +75,8 @@ def post(url: str, body: dict, token: str | None = None, headers: dict | None = 
     if "_meta" in (body.get("params") or {}):
         h["MCP-Protocol-Version"] = MODERN
         h["Mcp-Method"] = body["method"]
-        name = (body.get("params") or {}).get("name")
+        key = "uri" if body["method"] == "resources/read" else "name"
+        name = (body.get("params") or {}).get(key)
         if name:
             h["Mcp-Name"] = name
     if token is not None:
@@ -645,6 +646,22 @@ def test_two_principals_see_different_tools_through_a_multiplexed_paginated_back
 
     assert sdk_session(gw.mcp, {"Authorization": "Bearer bob-k"}, prompts) == 0
     assert sdk_session(gw.mcp, {"Authorization": "Bearer alice-k"}, prompts) > 0
+
+    # A resource bob may not read does not exist for him: -32602 in 2026-07-28 (which has no
+    # -32002), -32002 for a legacy session.
+    uri = post(gw.mcp, modern("resources/list"), "alice-k").json()["result"]["resources"][0]["uri"]
+    r = post(gw.mcp, modern("resources/read", {"uri": uri}), "bob-k")
+    assert r.json()["error"]["code"] == -32602, r.text
+    assert post(gw.mcp, modern("resources/read", {"uri": uri}), "alice-k").json()["result"]["contents"]
+
+    async def read(s: ClientSession) -> Any:
+        try:
+            return await step("resources/read", s.read_resource(uri))
+        except Exception as e:  # noqa: BLE001 - the SDK raises on a JSON-RPC error
+            return e
+
+    denied = sdk_session(gw.mcp, {"Authorization": "Bearer bob-k"}, read)
+    assert getattr(getattr(denied, "error", None), "code", None) == -32002, repr(denied)
 
 
 def test_a_session_belongs_to_its_principal(gateway):
