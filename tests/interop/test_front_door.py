@@ -22,7 +22,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import secrets
+import signal
 import ssl
 import threading
 import time
@@ -360,6 +362,18 @@ def test_jwts_signed_with_real_keys_against_a_jwks_over_https(gateway, jwks, tmp
         time.sleep(0.3)
     assert status == 200, f"the rotated key was not picked up\n{gw.log()}"
     assert jwks.fetches > before
+
+    # A reload keeps the keys in force while it fetches the JWKS again: no token fails meanwhile.
+    jwks_down = jwks.doc
+    jwks.doc = {"keys": []}  # the next fetch finds no usable key; the old ones must stay
+    os.kill(gw.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "configuration reloaded" not in gw.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for _ in range(10):
+        assert post(gw.mcp, modern("tools/list"), token).status_code == 200, gw.log()
+        time.sleep(0.1)
+    jwks.doc = jwks_down
 
 
 def test_a_jwks_that_cannot_be_fetched_leaves_tokens_refused_not_the_loop_stuck(gateway, tmp_path):
