@@ -2603,6 +2603,15 @@ impl Relay {
             // messages for a request that asked for them; changes go to listen streams.
             let method = jsonrpc::method(&msg);
             if method.ends_with("/list_changed") || method == "notifications/resources/updated" {
+                // An HTTP target is one server behind all the pools of a backend, each with its
+                // own listen to it: its change is told once, by the first pool.
+                let http = match hint {
+                    Hint::Target(t) => s.targets.get(t).is_some_and(|x| x.http),
+                    Hint::Call(_) => false,
+                };
+                if http && self.siblings(sk).first().is_some_and(|first| *first != sk) {
+                    return;
+                }
                 return self.notify_listens(sk, &msg);
             }
             let Some(c) = call.and_then(|cid| s.calls.get(&cid)) else {

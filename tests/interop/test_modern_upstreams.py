@@ -202,3 +202,52 @@ def test_legacy_client_hears_a_modern_servers_list_changes(gateway, demo_http, t
         pytest.fail(f"no tools/list_changed reached the legacy client; it heard {heard}\n{gw.log()[-3000:]}")
     assert "target demo speaks 2026-07-28" in gw.log(), gw.log()
     assert "listen failed" not in gw.log(), gw.log()
+
+
+def test_an_http_targets_change_reaches_a_listen_once_with_several_pools(gateway, demo_http):
+    """With `pool: {max: 2}` both pools hold a listen to the same HTTP server; its change must
+    reach a client's subscriptions/listen once, not once per pool."""
+    import threading
+    import time
+
+    import httpx2
+    from test_front_door import modern, post
+
+    cfg = _config(mcp_target("demo", demo_http("--dual-era").mcp))
+    cfg["binds"][0]["listeners"][0]["routes"][0]["backends"][0]["mcp"]["pool"] = {"max": 2}
+    gw = gateway(cfg)
+    assert post(gw.mcp, modern("tools/list")).status_code == 200
+    # A slow call keeps the first pool busy, so the next request opens a second one.
+    slow = threading.Thread(target=post, args=(gw.mcp, modern("tools/call", {"name": "slow", "arguments": {"steps": 20, "delayMs": 100}})))
+    slow.start()
+    time.sleep(0.3)
+    assert post(gw.mcp, modern("tools/list")).status_code == 200
+    deadline = time.monotonic() + 10
+    while gw.log().count("pool ready") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gw.log().count("pool ready") == 2, gw.log()
+    slow.join(timeout=10)
+    time.sleep(0.5)  # both pools' upstream listens open
+
+    heard: list[dict] = []
+
+    def listen() -> None:
+        body = modern("subscriptions/listen", {"notifications": {"toolsListChanged": True}}, rid=9)
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                   "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "subscriptions/listen"}  # fmt: skip
+        try:
+            with httpx2.stream("POST", gw.mcp, json=body, headers=headers, timeout=8) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        heard.append(json.loads(line[5:]))
+        except httpx2.TimeoutException:
+            pass
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    r = post(gw.mcp, modern("tools/call", {"name": "test_trigger_tool_change", "arguments": {}}))
+    assert r.status_code == 200, r.text
+    t.join(timeout=12)
+    changes = [m for m in heard if m.get("method") == "notifications/tools/list_changed"]
+    assert len(changes) == 1, f"{len(changes)} list_changed for one change: {heard}\n{gw.log()[-3000:]}"
