@@ -77,7 +77,10 @@ impl Path for Value {
 /// The HTTP status a 2026-07-28 answer goes out with, from its serialized text: 404 for an
 /// unknown method, 400 for the revision's request errors, 200 for everything else.
 pub fn modern_status(text: &str) -> u16 {
-    if !text.contains("\"error\"") {
+    // A result relayed as text (or served from a cached list) is spliced behind
+    // `{"jsonrpc":"2.0","id":`: never an error, and not worth scanning. Everything else was
+    // serialized from a Value.
+    if text.starts_with(r#"{"jsonrpc":"#) || !text.contains("\"error\"") {
         return 200;
     }
     let code = serde_json::from_str::<Value>(text)
@@ -227,6 +230,20 @@ pub fn id_key(id: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modern_status_reads_only_error_answers() {
+        let relayed = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"\"error\": none"}]}}"#;
+        assert_eq!(modern_status(relayed), 200);
+        let unknown = error(json!(1), METHOD_NOT_FOUND, "no such method").to_string();
+        assert_eq!(modern_status(&unknown), 404);
+        let mismatch = error(json!(1), HEADER_MISMATCH, "x").to_string();
+        assert_eq!(modern_status(&mismatch), 400);
+        assert_eq!(
+            modern_status(&error(json!(1), INVALID_PARAMS, "x").to_string()),
+            200
+        );
+    }
 
     #[test]
     fn path_tokens_split_like_str_split() {

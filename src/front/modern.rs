@@ -9,6 +9,7 @@ use crate::jsonrpc::Path;
 use crate::mcp::META_CLIENT_CAPABILITIES;
 use crate::mcp::{ALL_VERSIONS, META_PROTOCOL_VERSION, MODERN_VERSION};
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 /// What a modern request says of its client.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,16 +168,17 @@ pub fn take(req: &Request, msg: &mut Value) -> Result<Envelope, Reply> {
 
 /// A header value as the revision encodes non-ASCII ones: `=?base64?<base64>?=`, else as it
 /// is. A payload that is not valid base64 or UTF-8 stays as it was sent (and so mismatches).
-pub fn decode_header_value(v: &str) -> String {
+pub fn decode_header_value(v: &str) -> Cow<'_, str> {
     let Some(payload) = v
         .strip_prefix("=?base64?")
         .and_then(|r| r.strip_suffix("?="))
     else {
-        return v.to_string();
+        return Cow::Borrowed(v);
     };
-    base64_decode(payload)
-        .and_then(|b| String::from_utf8(b).ok())
-        .unwrap_or_else(|| v.to_string())
+    match base64_decode(payload).and_then(|b| String::from_utf8(b).ok()) {
+        Some(text) => Cow::Owned(text),
+        None => Cow::Borrowed(v),
+    }
 }
 
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
