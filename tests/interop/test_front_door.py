@@ -108,12 +108,13 @@ def tool_names_raw(url: str, token: str) -> list[str]:
     raise AssertionError("still paging after 50 pages")
 
 
-def sdk_session(url: str, headers: dict[str, str], body) -> Any:
-    """A legacy Python SDK session with `headers` on every request; returns body(session)."""
+def sdk_session(url: str, headers: dict[str, str], body, auth: httpx2.Auth | None = None, verify: Any = True) -> Any:
+    """A legacy Python SDK session with `headers` on every request (and `auth`, `verify` for
+    its HTTP client); returns body(session)."""
     out: list[Any] = []
 
     async def main() -> None:
-        async with httpx2.AsyncClient(headers=headers, timeout=STEP_TIMEOUT_S) as http:
+        async with httpx2.AsyncClient(headers=headers, auth=auth, verify=verify, timeout=STEP_TIMEOUT_S) as http:
             async with streamable_http_client(url, http_client=http) as (read, write, *_):
                 async with ClientSession(read, write, read_timeout_seconds=STEP_TIMEOUT_S) as s:
                     await step("initialize", s.initialize())
@@ -581,18 +582,10 @@ def test_python_sdk_oauth_client_credentials_and_authorization_code(gateway, aut
         redirect_handler=redirect_handler,
         callback_handler=callback_handler,
     )
-    out: list[str] = []
+    async def echo(s: ClientSession) -> str:
+        return text_of((await step("echo", s.call_tool("echo", {"message": "code flow"}))).content)
 
-    async def legacy() -> None:
-        async with httpx2.AsyncClient(auth=provider, timeout=STEP_TIMEOUT_S) as http:
-            async with streamable_http_client(url, http_client=http) as (read, write, *_):
-                async with ClientSession(read, write, read_timeout_seconds=STEP_TIMEOUT_S) as s:
-                    await step("initialize", s.initialize())
-                    r = await step("echo", s.call_tool("echo", {"message": "code flow"}))
-                    out.append(text_of(r.content))
-
-    anyio.run(legacy)
-    assert "code flow" in out[0]
+    assert "code flow" in sdk_session(url, {}, echo, auth=provider)
     assert auth_server.tokens_issued[-1]["sub"] == "code-user"
     assert auth_server.tokens_issued[-1]["resource"] == url
 

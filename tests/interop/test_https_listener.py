@@ -29,6 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from conftest import NODE22, demo_target
 from mcp_client import STEP_TIMEOUT_S, step, text_of
 from test_conformance import MIN_SCENARIOS, run_suite
+from test_front_door import sdk_session
 from test_upstream_tls import _openssl, make_certs
 
 TS_CLIENT = Path(__file__).parent / "ts_client.mjs"
@@ -72,19 +73,13 @@ def client_context(ca: Path, cert: dict[str, Path] | None = None) -> ssl.SSLCont
 
 def sdk_legacy_session(url: str, ctx: ssl.SSLContext) -> dict[str, Any]:
     """One legacy (initialize) session of the Python SDK over https: tools and an echo."""
-    out: dict[str, Any] = {}
 
-    async def main() -> None:
-        async with httpx2.AsyncClient(verify=ctx, timeout=STEP_TIMEOUT_S) as http:
-            async with streamable_http_client(url, http_client=http) as (read, write, *_):
-                async with ClientSession(read, write, read_timeout_seconds=STEP_TIMEOUT_S) as s:
-                    init = await step("initialize", s.initialize())
-                    out["server"] = init.server_info.name
-                    out["tools"] = [t.name for t in (await step("tools/list", s.list_tools())).tools]
-                    r = await step("echo", s.call_tool("echo", {"message": "over tls"}))
-                    out["echo"] = text_of(r.content)
+    async def body(s: ClientSession) -> dict[str, Any]:
+        tools = [t.name for t in (await step("tools/list", s.list_tools())).tools]
+        r = await step("echo", s.call_tool("echo", {"message": "over tls"}))
+        return {"server": s.server_info.name, "tools": tools, "echo": text_of(r.content)}
 
-    anyio.run(main)
+    out = sdk_session(url, {}, body, verify=ctx)
     return out
 
 
