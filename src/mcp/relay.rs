@@ -113,6 +113,10 @@ pub struct Relay {
     next_link: LinkId,
     /// Each backend's pool (by the address of its config), for stateless requests.
     pools: HashMap<PoolKey, Vec<u64>>,
+    /// The pool `pool_for` gave last, for the common case (one pool, nobody's own): backend and
+    /// policy (as pointers, kept alive by the pool's session) and the pool. A hash of the
+    /// whole key per request is skipped while that session lives.
+    last_pool: Option<(usize, usize, u64)>,
     pub health: Health,
     /// Signs the `requestState` of input rounds.
     signer: Signer,
@@ -135,6 +139,7 @@ impl Relay {
             links: IdMap::default(),
             next_link: 1,
             pools: HashMap::new(),
+            last_pool: None,
             health: Health::default(),
             signer: signer_for(&limits),
             limits,
@@ -644,13 +649,20 @@ impl Relay {
             (None, Some(p)) if !backend.shareable() => Some(Rc::from(format!("\u{0}{}", p.key()))),
             _ => None,
         };
-        let key: PoolKey = (
-            Rc::as_ptr(backend) as usize,
-            Rc::as_ptr(policy) as usize,
-            partition.clone(),
-        );
+        let ptrs = (Rc::as_ptr(backend) as usize, Rc::as_ptr(policy) as usize);
+        let single = partition.is_none() && backend.pool_max == 1;
+        if let Some((b, p, sk)) = self.last_pool.filter(|_| single) {
+            // A pool leaves `pools` only when its session ends.
+            if (b, p) == ptrs && self.sessions.contains_key(&sk) {
+                return sk;
+            }
+        }
+        let key: PoolKey = (ptrs.0, ptrs.1, partition.clone());
         let open = self.pools.get(&key).map_or(&[][..], Vec::as_slice);
         if let ([only], 1) = (open, backend.pool_max) {
+            if single {
+                self.last_pool = Some((ptrs.0, ptrs.1, *only));
+            }
             return *only; // the default: one pool, nothing to weigh
         }
         // Calls running (with a client waiting on them) count first: a call parked in an
