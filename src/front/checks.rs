@@ -41,9 +41,10 @@ pub fn cors_headers(cors: &Cors, origin: &str) -> Vec<(&'static str, String)> {
     if !wildcard {
         h.push(("Vary", "Origin".to_string()));
     }
-    // Browsers may read only exposed headers; a client needs the session id.
+    // Browsers may read only exposed headers; a client needs the session id, and an OAuth
+    // client the challenge of a 401 (it names the protected-resource metadata).
     let mut expose = cors.expose_headers.clone();
-    for needed in ["Mcp-Session-Id", "MCP-Protocol-Version"] {
+    for needed in ["Mcp-Session-Id", "MCP-Protocol-Version", "WWW-Authenticate"] {
         if !expose
             .iter()
             .any(|e| e.eq_ignore_ascii_case(needed) || e == "*")

@@ -506,7 +506,7 @@ binds:
         cors:
           allowOrigins: ["*"]
           allowHeaders: ["*"]
-          exposeHeaders: ["WWW-Authenticate", "Mcp-Session-Id"]
+          exposeHeaders: ["Mcp-Session-Id"]
         mcpAuthentication:
           issuer: {auth_server.issuer}
           jwks:
@@ -527,8 +527,10 @@ binds:
 def test_mcp_authentication_challenge_and_protected_resource_metadata(gateway, auth_server):
     gw = mcp_auth_gateway(gateway, auth_server)
     resource = f"http://127.0.0.1:{gw.port}/mcp"
-    r = post(gw.mcp, modern("tools/list"))
+    r = post(gw.mcp, modern("tools/list"), headers={"Origin": "http://app.example"})
     assert r.status_code == 401, r.text
+    # A browser client may read the challenge (the route's CORS exposes it).
+    assert "www-authenticate" in r.headers.get("access-control-expose-headers", "").lower(), r.headers
     challenge = r.headers["www-authenticate"]
     prm_url = f"http://127.0.0.1:{gw.port}/.well-known/oauth-protected-resource/mcp"
     assert f'resource_metadata="{prm_url}"' in challenge and 'scope="mcp:tools"' in challenge, challenge
