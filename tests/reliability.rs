@@ -637,8 +637,9 @@ mod health {
             why.contains("backing off"),
             "the second session should not have started ghost: {why}"
         );
+        // (The line is written by the gateway's stderr; give the file a moment.)
         assert!(
-            gw.log_count("backing off") > 0,
+            wait_until(Duration::from_secs(2), || gw.log_count("backing off") > 0),
             "the log should say the target was skipped:\n{}",
             gw.log_text()
         );
