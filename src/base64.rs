@@ -70,6 +70,7 @@ mod tests {
             Some(b"hello".to_vec())
         );
         assert_eq!(decode("aGk", Alphabet::Standard), Some(b"hi".to_vec()));
+        assert_eq!(decode("aGk=", Alphabet::Standard), Some(b"hi".to_vec()));
         assert_eq!(decode("a$==", Alphabet::Standard), None);
         assert_eq!(decode("a", Alphabet::Standard), None);
         assert_eq!(decode("-_8", Alphabet::Url), Some(vec![0xfb, 0xff]));

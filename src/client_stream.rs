@@ -2,10 +2,12 @@
 //! the downstream connection makes: read what arrived, write what is queued. The TLS
 //! handshake runs inside those calls as readiness comes, like the upstream side's.
 
+use crate::auth::Principal;
 use crate::warn;
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 use std::io::{self, ErrorKind, Read, Write};
+use std::rc::Rc;
 
 /// What a read came to.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,6 +25,8 @@ pub struct ClientStream {
     tls: Option<Box<ServerConnection>>,
     /// Some byte arrived (a TLS port checks the first one for plaintext HTTP).
     seen: bool,
+    /// The principal of the verified client certificate, read once the handshake is done.
+    cert: Option<Option<Rc<Principal>>>,
 }
 
 /// The answer to plaintext HTTP on a TLS port, written outside TLS: the client can read it.
@@ -35,6 +39,7 @@ impl ClientStream {
             sock,
             tls: tls.map(Box::new),
             seen: false,
+            cert: None,
         }
     }
 
@@ -47,10 +52,16 @@ impl ClientStream {
         self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
-    /// The verified client certificate's chain, leaf first (mutual TLS).
-    pub fn peer_certificate(&self) -> Option<&[u8]> {
+    /// The principal a verified client certificate names (mutual TLS): its subject CN, read
+    /// from the certificate once per connection.
+    pub fn cert_principal(&mut self) -> Option<&Rc<Principal>> {
         let tls = self.tls.as_ref()?;
-        tls.peer_certificates()?.first().map(|c| c.as_ref())
+        if self.cert.is_none() && !tls.is_handshaking() {
+            let leaf = tls.peer_certificates().and_then(|c| c.first());
+            let cn = leaf.and_then(|c| crate::tls::certificate_subject(c.as_ref()));
+            self.cert = Some(cn.map(|cn| Rc::new(Principal::new("cert", cn, None, None))));
+        }
+        self.cert.as_ref()?.as_ref()
     }
 
     /// Reads into `out` until the socket has nothing more or `out` holds `limit` bytes.

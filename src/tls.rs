@@ -41,17 +41,7 @@ pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = &opts.root {
-            let pem =
-                std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-            let certs = pem_certificates(&pem);
-            if certs.is_empty() {
-                return Err(format!("{path}: no PEM certificate found"));
-            }
-            for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("{path}: not a usable root certificate: {e}"))?;
-            }
+            add_roots(&mut roots, path)?;
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
@@ -89,11 +79,7 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
         Some(path) => {
             let mut roots = RootCertStore::empty();
-            for c in read_certificates(path).map_err(|e| (None, e))? {
-                roots
-                    .add(c)
-                    .map_err(|e| (None, format!("{path}: not a usable root certificate: {e}")))?;
-            }
+            add_roots(&mut roots, path).map_err(|e| (None, e))?;
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
                     .build()
@@ -106,15 +92,31 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// The certificates of a PEM file (`-----BEGIN CERTIFICATE-----` blocks, parsed by rustls).
 fn read_certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+    pem_certificates(&pem).map_err(|why| format!("{path}: {why}"))
+}
+
+/// The DER certificates in a PEM text; at least one.
+fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{path}: {e:?}"))?;
+        .map_err(|e| format!("{e:?}"))?;
     if certs.is_empty() {
-        return Err(format!("{path}: no PEM certificate found"));
+        return Err("no PEM certificate found".into());
     }
     Ok(certs)
+}
+
+/// Adds the CA certificates of a PEM file to `roots`.
+fn add_roots(roots: &mut RootCertStore, path: &str) -> Result<(), String> {
+    for c in read_certificates(path)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("{path}: not a usable root certificate: {e}"))?;
+    }
+    Ok(())
 }
 
 /// A certificate chain and its private key, checked to belong together.
@@ -160,30 +162,6 @@ pub fn server_name(host: &str, opts: &TlsOptions) -> Result<ServerName<'static>,
     let name = opts.hostname.as_deref().unwrap_or(host);
     ServerName::try_from(name.to_string())
         .map_err(|_| format!("{name:?} is not a valid TLS server name"))
-}
-
-/// The DER certificates in a PEM text (`-----BEGIN CERTIFICATE-----` blocks).
-pub fn pem_certificates(pem: &str) -> Vec<CertificateDer<'static>> {
-    let mut out = Vec::new();
-    let mut body: Option<String> = None;
-    for line in pem.lines().map(str::trim) {
-        match (&mut body, line) {
-            (None, "-----BEGIN CERTIFICATE-----") => body = Some(String::new()),
-            (Some(b), "-----END CERTIFICATE-----") => {
-                if let Some(der) = base64_decode(b) {
-                    out.push(CertificateDer::from(der));
-                }
-                body = None;
-            }
-            (Some(b), l) => b.push_str(l),
-            (None, _) => {}
-        }
-    }
-    out
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    crate::base64::decode(s, crate::base64::Alphabet::Standard)
 }
 
 /// `insecure: true`: every certificate is accepted; signatures are still checked so the
@@ -289,13 +267,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_and_pem() {
-        assert_eq!(base64_decode("aGVsbG8="), Some(b"hello".to_vec()));
-        assert_eq!(base64_decode("aGk="), Some(b"hi".to_vec()));
-        assert_eq!(base64_decode("a$=="), None);
+    fn pem() {
         let pem = "junk\n-----BEGIN CERTIFICATE-----\naGVs\nbG8=\n-----END CERTIFICATE-----\n";
-        assert_eq!(pem_certificates(pem).len(), 1);
-        assert!(pem_certificates("nothing").is_empty());
+        assert_eq!(pem_certificates(pem.as_bytes()).map(|c| c.len()), Ok(1));
+        assert!(pem_certificates(b"nothing").is_err());
     }
 
     #[test]

@@ -2,17 +2,17 @@
 //! a name and metadata. Keys are kept only as SHA-256 digests, and a presented key is compared
 //! with every digest in constant time, so neither memory nor timing gives a key away.
 
+use super::Principal;
 use ring::digest::{digest, SHA256};
-use serde_json::Value;
+use std::rc::Rc;
 
 /// One accepted key.
 #[derive(Debug, Clone)]
 pub struct ApiKey {
     pub digest: [u8; 32],
-    /// The principal this key authenticates as.
-    pub name: String,
-    /// `metadata` from the config: what `apiKey.*` in authorization rules sees.
-    pub metadata: Value,
+    /// The principal this key authenticates as (its name; its `metadata`, what `apiKey.*` in
+    /// authorization rules sees), made at load time.
+    pub principal: Rc<Principal>,
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -58,19 +58,15 @@ mod tests {
 
     #[test]
     fn keys_match_by_digest() {
-        let keys = vec![
-            ApiKey {
-                digest: sha256(b"k-alice"),
-                name: "alice".into(),
-                metadata: Value::Null,
-            },
-            ApiKey {
-                digest: sha256(b"k-bob"),
-                name: "bob".into(),
-                metadata: Value::Null,
-            },
-        ];
-        assert_eq!(find(&keys, "k-bob").map(|k| k.name.as_str()), Some("bob"));
+        let key = |k: &[u8], name: &str| ApiKey {
+            digest: sha256(k),
+            principal: Rc::new(Principal::new("apiKey", name.into(), None, None)),
+        };
+        let keys = vec![key(b"k-alice", "alice"), key(b"k-bob", "bob")];
+        assert_eq!(
+            find(&keys, "k-bob").map(|k| k.principal.name.as_str()),
+            Some("bob")
+        );
         assert!(find(&keys, "k-bo").is_none());
         assert!(find(&keys, "").is_none());
         let hex: String = sha256(b"k-alice")

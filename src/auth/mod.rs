@@ -34,19 +34,36 @@ pub struct Principal {
     pub jwt: Option<Value>,
     /// API key metadata, for `apiKey.*` in rules.
     pub api_key: Option<Value>,
+    /// `kind:name`, made once: what sessions, pools and rate limits are partitioned by.
+    key: Rc<str>,
 }
 
 impl Principal {
-    /// What pools and rate limits are partitioned by: kind and name.
-    pub fn key(&self) -> String {
-        format!("{}:{}", self.kind, self.name)
+    pub fn new(
+        kind: &'static str,
+        name: String,
+        jwt: Option<Value>,
+        api_key: Option<Value>,
+    ) -> Principal {
+        Principal {
+            key: format!("{kind}:{name}").into(),
+            name,
+            kind,
+            jwt,
+            api_key,
+        }
+    }
+
+    /// What sessions, pools and rate limits are partitioned by: kind and name.
+    pub fn key(&self) -> &Rc<str> {
+        &self.key
     }
 
     /// A file-name-safe form of the key, unique per principal: what a stdio child of this
     /// principal's pool finds in `MCPLEX_PRINCIPAL` (and in `${MCPLEX_PRINCIPAL}` in its args
     /// and env), so it can keep per-principal files.
     pub fn tag(&self) -> String {
-        let key = self.key();
+        let key = &self.key;
         let safe: String = (key.chars().take(48))
             .map(
                 |c| match c.is_ascii_alphanumeric() || c == '-' || c == '.' {
@@ -214,12 +231,12 @@ impl JwtAuth {
             .find_map(|c| v.claims.get(*c).and_then(Value::as_str))
             .unwrap_or("")
             .to_string();
-        let p = Rc::new(Principal {
+        let p = Rc::new(Principal::new(
+            "jwt",
             name,
-            kind: "jwt",
-            jwt: Some(Value::Object(v.claims)),
-            api_key: None,
-        });
+            Some(Value::Object(v.claims)),
+            None,
+        ));
         let mut cache = self.cache.borrow_mut();
         if cache.len() >= TOKEN_CACHE_MAX {
             cache.retain(|_, (_, exp)| now <= exp.saturating_add(jwt::LEEWAY_SECS));
@@ -236,7 +253,7 @@ impl JwtAuth {
 /// metadata URL and scopes for `mcpAuthentication`, and `error` when a token was refused.
 fn challenge(j: &JwtAuth, v: &Visitor<'_>, error: Option<&str>) -> String {
     let mut params = Vec::new();
-    if let (Some(_), Some(url)) = (&j.mcp, &v.metadata_url) {
+    if let Some(url) = j.mcp.as_ref().and_then(|_| (v.metadata_url)()) {
         params.push(format!("resource_metadata=\"{url}\""));
     }
     let scopes = (j.mcp.as_ref())
@@ -278,10 +295,11 @@ pub enum Refusal {
 /// What a request brings to the door.
 pub struct Visitor<'a> {
     pub header: &'a dyn Fn(&str) -> Option<&'a str>,
-    /// The verified client certificate's subject (mutual TLS).
-    pub cert_subject: Option<&'a str>,
-    /// Where the protected-resource metadata of this route is, for the challenge.
-    pub metadata_url: Option<String>,
+    /// The principal a verified client certificate names (mutual TLS).
+    pub cert: Option<&'a Rc<Principal>>,
+    /// Where the protected-resource metadata of this route is, for a challenge (made only
+    /// when one is sent).
+    pub metadata_url: &'a dyn Fn() -> Option<String>,
 }
 
 impl Door {
@@ -303,14 +321,7 @@ impl Door {
         if let Some(k) = &self.api_key {
             match k.location.extract(v.header) {
                 Some(presented) => match apikey::find(&k.keys, presented) {
-                    Some(key) => {
-                        who = Some(Rc::new(Principal {
-                            name: key.name.clone(),
-                            kind: "apiKey",
-                            jwt: None,
-                            api_key: Some(key.metadata.clone()),
-                        }))
-                    }
+                    Some(key) => who = Some(Rc::clone(&key.principal)),
                     None if k.mode == Mode::Permissive => {}
                     None if self.jwt.is_some() => unknown_key = true,
                     None => {
@@ -358,19 +369,10 @@ impl Door {
         if let (None, Some(refusal)) = (&who, missing) {
             return Err(refusal);
         }
-        if who.is_none() {
-            if let Some(subject) = v.cert_subject {
-                who = Some(Rc::new(Principal {
-                    name: subject.to_string(),
-                    kind: "cert",
-                    jwt: None,
-                    api_key: None,
-                }));
-            }
-        }
-        let key = who.as_ref().map(|p| p.key()).unwrap_or_default();
+        let who = who.or_else(|| v.cert.cloned());
+        let key = who.as_ref().map_or("", |p| &**p.key());
         for limit in &self.rate {
-            if let Err(retry_after) = limit.take(&key, mono) {
+            if let Err(retry_after) = limit.take(key, mono) {
                 return Err(Refusal::Limited {
                     retry_after,
                     limit: limit.max_tokens,
@@ -379,24 +381,10 @@ impl Door {
         }
         Ok(who)
     }
-
-    /// Whether `principal` may use the tool, prompt or resource `kind` (`tool`, `prompt`,
-    /// `resource`) named `name` on `target`. Without rules, everything is allowed.
-    pub fn permits(
-        &self,
-        principal: Option<&Principal>,
-        kind: &str,
-        name: &str,
-        target: &str,
-    ) -> bool {
-        let Some(rules) = &self.rules else {
-            return true;
-        };
-        permits(rules, principal, kind, name, target)
-    }
 }
 
-/// `rules` applied to one tool, prompt or resource.
+/// Whether `rules` let `principal` use the tool, prompt or resource `kind` (`tool`,
+/// `prompt`, `resource`) named `name` on `target`.
 pub fn permits(
     rules: &RuleSet,
     principal: Option<&Principal>,
@@ -447,8 +435,8 @@ mod tests {
         };
         let v = Visitor {
             header: &header,
-            cert_subject: None,
-            metadata_url: None,
+            cert: None,
+            metadata_url: &|| None,
         };
         d.admit(&v, 0, now).map(|p| p.map(|p| p.name.clone()))
     }
@@ -458,8 +446,12 @@ mod tests {
             api_key: Some(ApiKeys {
                 keys: vec![ApiKey {
                     digest: apikey::sha256(b"secret-a"),
-                    name: "alice".into(),
-                    metadata: json!({"team": "dev"}),
+                    principal: Rc::new(Principal::new(
+                        "apiKey",
+                        "alice".into(),
+                        None,
+                        Some(json!({"team": "dev"})),
+                    )),
                 }],
                 mode,
                 location: Location::default(),

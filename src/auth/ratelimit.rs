@@ -63,10 +63,17 @@ impl RateLimit {
                 buckets.clear();
             }
         }
-        let b = buckets.entry(key.to_string()).or_insert(Bucket {
-            tokens: self.max_tokens,
-            filled: now,
-        });
+        // Found by the borrowed key: a bucket's name is allocated once, when it is made.
+        if !buckets.contains_key(key) {
+            let full = Bucket {
+                tokens: self.max_tokens,
+                filled: now,
+            };
+            buckets.insert(key.to_string(), full);
+        }
+        let Some(b) = buckets.get_mut(key) else {
+            return Ok(());
+        };
         self.refill(b, now);
         if b.tokens > 0 {
             b.tokens -= 1;

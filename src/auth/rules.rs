@@ -505,37 +505,28 @@ fn eval<'a>(e: &'a Expr, vars: &Vars<'a>) -> Res<'a> {
             let n = eval(x, vars)?.as_f64().ok_or(())?;
             Ok(Cow::Owned(serde_json::json!(-n)))
         }
-        // CEL's commutative logic: a definite answer on either side wins over an error on
-        // the other.
-        Expr::And(a, b) => {
-            let l = eval(a, vars).and_then(|v| truth(&v));
-            if l == Ok(false) {
-                return Ok(Cow::Owned(Value::Bool(false)));
-            }
-            let r = eval(b, vars).and_then(|v| truth(&v));
-            match (l, r) {
-                (_, Ok(false)) => Ok(Cow::Owned(Value::Bool(false))),
-                (Ok(true), Ok(true)) => Ok(Cow::Owned(Value::Bool(true))),
-                _ => Err(()),
-            }
-        }
-        Expr::Or(a, b) => {
-            let l = eval(a, vars).and_then(|v| truth(&v));
-            if l == Ok(true) {
-                return Ok(Cow::Owned(Value::Bool(true)));
-            }
-            let r = eval(b, vars).and_then(|v| truth(&v));
-            match (l, r) {
-                (_, Ok(true)) => Ok(Cow::Owned(Value::Bool(true))),
-                (Ok(false), Ok(false)) => Ok(Cow::Owned(Value::Bool(false))),
-                _ => Err(()),
-            }
-        }
+        Expr::And(a, b) => logic(a, b, vars, false),
+        Expr::Or(a, b) => logic(a, b, vars, true),
         Expr::Cmp(op, a, b) => {
             let (l, r) = (eval(a, vars)?, eval(b, vars)?);
             compare(*op, &l, &r).map(|b| Cow::Owned(Value::Bool(b)))
         }
         Expr::Call(f, args) => call(*f, args, vars),
+    }
+}
+
+/// `&&` (`decisive` false) and `||` (`decisive` true), with CEL's commutative logic: the
+/// decisive value on either side wins, even over an error on the other.
+fn logic<'a>(a: &'a Expr, b: &'a Expr, vars: &Vars<'a>, decisive: bool) -> Res<'a> {
+    let l = eval(a, vars).and_then(|v| truth(&v));
+    if l == Ok(decisive) {
+        return Ok(Cow::Owned(Value::Bool(decisive)));
+    }
+    let r = eval(b, vars).and_then(|v| truth(&v));
+    match (l, r) {
+        (_, Ok(x)) if x == decisive => Ok(Cow::Owned(Value::Bool(decisive))),
+        (Ok(_), Ok(_)) => Ok(Cow::Owned(Value::Bool(!decisive))),
+        _ => Err(()),
     }
 }
 

@@ -6,12 +6,15 @@ use crate::auth::apikey::{parse_key_hash, sha256, ApiKey};
 use crate::auth::jwt::{parse_jwks, Expect, Jwk};
 use crate::auth::ratelimit::RateLimit;
 use crate::auth::rules::{Rule, RuleSet};
-use crate::auth::{ApiKeys, Door, JwksSource, JwtAuth, Location, Mode, ResourceMetadata};
+use crate::auth::{
+    ApiKeys, Door, JwksSource, JwtAuth, Location, Mode, Principal, ResourceMetadata,
+};
+use crate::tls::TlsOptions;
 use serde_yaml::Value;
 use std::rc::Rc;
 
 /// A JWKS URL to fetch, resolved, with the TLS to fetch it over.
-type Fetch = (Url, Option<std::sync::Arc<rustls::ClientConfig>>);
+type Fetch = (Url, Option<super::JwksTls>);
 
 impl Checker {
     /// Reads the front-door policies out of a route's `policies`; None when it has none.
@@ -152,10 +155,10 @@ impl Checker {
                 if keys.iter().any(|k: &ApiKey| k.digest == digest) {
                     self.err(&kpath, "the same key twice");
                 }
+                let principal = Principal::new("apiKey", name, None, Some(metadata));
                 keys.push(ApiKey {
                     digest,
-                    name,
-                    metadata,
+                    principal: Rc::new(principal),
                 });
             }
         }
@@ -258,9 +261,26 @@ impl Checker {
                         // Resolved now (the loop does no DNS), fetched by the loop once it runs.
                         let url = Url::parse(&u).and_then(|mut url| url.resolve().map(|()| url));
                         return match url {
+                            Ok(url) if !url.https => {
+                                Some((JwksSource::Url(u), Vec::new(), Some((url, None))))
+                            }
                             Ok(url) => {
-                                let tls = tls.map(|t| std::sync::Arc::clone(&t.config));
-                                Some((JwksSource::Url(u), Vec::new(), Some((url, tls))))
+                                let made = match &tls {
+                                    Some(t) => Ok(std::sync::Arc::clone(&t.config)),
+                                    None => crate::tls::client_config(&TlsOptions::default()),
+                                };
+                                let opts =
+                                    tls.as_ref().map(|t| t.options.clone()).unwrap_or_default();
+                                let name = crate::tls::server_name(&url.host, &opts);
+                                match made.and_then(|c| name.map(|n| (c, n))) {
+                                    Ok(t) => {
+                                        Some((JwksSource::Url(u), Vec::new(), Some((url, Some(t)))))
+                                    }
+                                    Err(why) => {
+                                        self.err(&join(path, "url"), why);
+                                        None
+                                    }
+                                }
                             }
                             Err(why) => {
                                 self.err(&join(path, "url"), why);
@@ -331,7 +351,9 @@ impl Checker {
             let (text, list, at) = match r {
                 Value::String(s) => (s.clone(), &mut set.allow, rpath.clone()),
                 Value::Mapping(m) if m.len() == 1 => {
-                    let (k, val) = m.iter().next().expect("one entry");
+                    let Some((k, val)) = m.iter().next() else {
+                        continue;
+                    };
                     let Some(text) = val.as_str() else {
                         self.err(&rpath, "a rule is a string");
                         continue;

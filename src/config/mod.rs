@@ -50,14 +50,20 @@ pub struct Config {
     pub jwks: Vec<Jwks>,
 }
 
+pub type JwksTls = (
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+);
+
 /// A JWKS by URL: where the loop's fetcher gets it and whose keys it sets.
 #[derive(Debug, Clone)]
 pub struct Jwks {
     pub auth: Rc<crate::auth::JwtAuth>,
     /// Resolved at load time.
     pub url: Url,
-    /// `backendTLS` of the `jwks` entry (else the Mozilla roots).
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// For an https URL: the TLS to fetch it over (the `jwks` entry's `backendTLS`, else the
+    /// Mozilla roots) and the name to verify, made at load time.
+    pub tls: Option<JwksTls>,
 }
 
 /// Tunables; all have defaults (see the `DEFAULT_*` constants).

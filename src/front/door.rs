@@ -111,23 +111,16 @@ pub fn admit(
     route: &Route,
     req: &Request,
     tls: bool,
-    cert_subject: Option<&str>,
+    cert: Option<&Rc<Principal>>,
 ) -> Result<Option<Rc<Principal>>, (Reply, String)> {
     let Some(door) = route.policy.door.as_ref() else {
-        return Ok(cert_subject.map(|s| {
-            Rc::new(Principal {
-                name: s.to_string(),
-                kind: "cert",
-                jwt: None,
-                api_key: None,
-            })
-        }));
+        return Ok(cert.cloned());
     };
     let header = |n: &str| req.header(n);
     let visitor = Visitor {
         header: &header,
-        cert_subject,
-        metadata_url: metadata_url(route, req, tls),
+        cert,
+        metadata_url: &|| metadata_url(route, req, tls),
     };
     match door.admit(&visitor, unix_now(), Instant::now()) {
         Ok(p) => Ok(p),

@@ -175,14 +175,12 @@ pub fn decode_header_value(v: &str) -> Cow<'_, str> {
     else {
         return Cow::Borrowed(v);
     };
-    match base64_decode(payload).and_then(|b| String::from_utf8(b).ok()) {
+    match crate::base64::decode(payload, crate::base64::Alphabet::Standard)
+        .and_then(|b| String::from_utf8(b).ok())
+    {
         Some(text) => Cow::Owned(text),
         None => Cow::Borrowed(v),
     }
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    crate::base64::decode(s, crate::base64::Alphabet::Standard)
 }
 
 #[cfg(test)]

@@ -98,11 +98,8 @@ pub fn request(
         Decision::Mcp { route, op, cors } => (route, op, cors),
     };
     c.extra = cors;
-    let subject = c
-        .stream
-        .peer_certificate()
-        .and_then(crate::tls::certificate_subject);
-    let who = match door::admit(route, &req, c.stream.is_tls(), subject.as_deref()) {
+    let tls = c.stream.is_tls();
+    let who = match door::admit(route, &req, tls, c.stream.cert_principal()) {
         Ok(who) => who,
         Err((reply, why)) => {
             warn!("refused {} {}: {why}", req.method, req.path);
@@ -111,10 +108,10 @@ pub fn request(
         }
     };
     match op {
-        Op::Post => post(relay, c, id, req, route, who, keep_alive),
+        Op::Post => post(relay, c, id, req, Entry { route, who }, keep_alive),
         Op::Get => open_stream(relay, c, id, req, who, keep_alive),
         Op::Delete => delete(relay, c, req, who, keep_alive),
-        Op::LegacyOpen => legacy_open(relay, c, id, req, route, who, keep_alive),
+        Op::LegacyOpen => legacy_open(relay, c, id, req, Entry { route, who }, keep_alive),
         Op::LegacyPost => legacy_post(relay, c, req, who, keep_alive),
     }
     None
@@ -203,15 +200,8 @@ fn classify_all(messages: Vec<Value>) -> (Vec<(Kind, Value)>, Vec<Value>) {
 }
 
 /// Streamable HTTP POST: `initialize` starts a session; anything else needs one.
-fn post(
-    relay: &mut Relay,
-    c: &mut Conn,
-    id: ConnId,
-    req: Request,
-    route: &Route,
-    who: Option<Rc<Principal>>,
-    keep: bool,
-) {
+fn post(relay: &mut Relay, c: &mut Conn, id: ConnId, req: Request, to: Entry<'_>, keep: bool) {
+    let Entry { route, who } = to;
     if let Err(r) = check_post_accept(&req) {
         return respond(c, r, keep);
     }
@@ -315,7 +305,7 @@ fn modern_post(
         return c.respond_json(404, &[], &e, keep);
     }
     let credential = req.header("authorization");
-    let sk = relay.pool_for(&route.backend, &route.policy, credential, who.as_deref());
+    let sk = relay.pool_for(&route.backend, &route.policy, credential, who.as_ref());
     c.state = ConnState::Exchange(Exchange {
         session: sk,
         remaining: 1,
@@ -376,7 +366,7 @@ fn begin_session(
     let created = {
         let policy = Rc::clone(&route.policy);
         let credential = req.header("authorization");
-        relay.create_session(Rc::clone(&route.backend), policy, credential, false)
+        relay.create_session(Rc::clone(&route.backend), policy, credential, who, false)
     };
     let (sk, sid) = match created {
         Ok(s) => s,
@@ -384,7 +374,6 @@ fn begin_session(
             return c.respond_json(200, &[], &jsonrpc::error(client_id, code, &why), keep);
         }
     };
-    relay.set_principal(sk, who);
     if let Some(a) = c.access.as_mut() {
         a.session = short_id(&sid).to_string();
     }
@@ -460,18 +449,17 @@ fn legacy_open(
     c: &mut Conn,
     id: ConnId,
     req: Request,
-    route: &Route,
-    who: Option<Rc<Principal>>,
+    to: Entry<'_>,
     keep: bool,
 ) {
+    let Entry { route, who } = to;
     let policy = Rc::clone(&route.policy);
     let credential = req.header("authorization");
-    let (sk, sid) = match relay.create_session(Rc::clone(&route.backend), policy, credential, true)
-    {
+    let backend = Rc::clone(&route.backend);
+    let (sk, sid) = match relay.create_session(backend, policy, credential, who, true) {
         Ok(s) => s,
         Err((_, why)) => return c.respond_text(503, &format!("{why}\n"), keep),
     };
-    relay.set_principal(sk, who);
     let _ = relay.open_stream(sk, id);
     c.state = ConnState::Stream { session: sk };
     c.start_sse(&[], req.minor_version > 0);

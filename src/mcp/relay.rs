@@ -16,8 +16,8 @@ use super::era::{self, Probe};
 use super::health::Health;
 use super::route::Dest;
 use super::session::{
-    new_session_id, Asking, Call, CallKind, Input, Listen, Modern, Phase, PoolKey, Session,
-    TargetSlot, TargetState, Waiting,
+    new_session_id, Asking, Call, CallKind, Input, Listen, Modern, Partition, Phase, PoolKey,
+    Session, TargetSlot, TargetState, Waiting,
 };
 use super::state::{self, Resume, Signer};
 use crate::auth::Principal;
@@ -198,6 +198,7 @@ impl Relay {
         backend: Rc<McpBackend>,
         policy: Rc<RoutePolicy>,
         credential: Option<&str>,
+        principal: Option<Rc<Principal>>,
         legacy: bool,
     ) -> Result<(u64, String), (i64, String)> {
         if self.session_count() >= self.limits.max_sessions {
@@ -217,6 +218,7 @@ impl Relay {
         self.next_session += 1;
         let mut s = Session::new(sid.clone(), backend, Value::Null);
         s.credential = credential.filter(|_| policy.passthrough).map(Rc::from);
+        s.principal = principal;
         s.policy = policy;
         s.legacy = legacy;
         s.metric_all = metrics::with(|m| {
@@ -266,13 +268,6 @@ impl Relay {
     }
 
     /// The client was heard from (the idle TTL starts again).
-    /// Who opened session `sk` (the route authenticates).
-    pub fn set_principal(&mut self, sk: u64, principal: Option<Rc<Principal>>) {
-        if let Some(s) = self.sessions.get_mut(&sk) {
-            s.principal = principal;
-        }
-    }
-
     /// Whether a request from `principal` may use session `sk`: only its opener's may.
     pub fn same_principal(&self, sk: u64, principal: Option<&Principal>) -> bool {
         let Some(s) = self.sessions.get(&sk) else {
@@ -636,7 +631,7 @@ impl Relay {
         backend: &Rc<McpBackend>,
         policy: &Rc<RoutePolicy>,
         credential: Option<&str>,
-        principal: Option<&Principal>,
+        principal: Option<&Rc<Principal>>,
     ) -> u64 {
         let credential = credential
             .filter(|_| policy.passthrough)
@@ -644,9 +639,10 @@ impl Relay {
         // Authenticated principals get pools of their own: a server's process state (a
         // memory graph, a working directory) is never shared between them, unless every
         // target of the backend is marked shareable.
-        let partition = match (&credential, principal) {
-            (Some(c), _) => Some(Rc::clone(c)),
-            (None, Some(p)) if !backend.shareable() => Some(Rc::from(format!("\u{0}{}", p.key()))),
+        let own = principal.filter(|_| !backend.shareable());
+        let partition = match (&credential, own) {
+            (Some(c), _) => Some(Partition::Credential(Rc::clone(c))),
+            (None, Some(p)) => Some(Partition::Principal(Rc::clone(p.key()))),
             _ => None,
         };
         let ptrs = (Rc::as_ptr(backend) as usize, Rc::as_ptr(policy) as usize);
@@ -691,9 +687,9 @@ impl Relay {
         s.policy = Rc::clone(policy);
         s.credential = credential;
         // A pool of one principal's own: its children learn whose it is.
-        s.principal = principal
-            .filter(|_| partition.as_deref().is_some_and(|p| p.starts_with('\u{0}')))
-            .map(|p| Rc::new(p.clone()));
+        if let Some(Partition::Principal(_)) = partition {
+            s.principal = own.cloned();
+        }
         s.pool_key = Some(key.clone());
         s.pool = true;
         s.metric_all = metrics::with(|m| m.target(&format!("{}/*", backend.name)));
@@ -1372,19 +1368,16 @@ impl Relay {
                 self.reply(Some(conn), jsonrpc::result(client_id.clone(), empty))
             }
             Ok(Dest::One(t, p)) => {
-                let principal = modern.as_ref().and_then(|m| m.principal.as_deref());
-                let principal = principal.or(s.principal.as_deref());
-                if let Some((code, why)) = forbidden(s, principal, &method, t, p.as_ref()) {
-                    // 2026-07-28 has no -32002: a missing resource is invalid params.
-                    let code = match (code, modern.is_some()) {
-                        (jsonrpc::RESOURCE_NOT_FOUND, true) => jsonrpc::INVALID_PARAMS,
-                        (code, _) => code,
-                    };
+                let principal = caller(modern.as_ref(), s);
+                let stateless = modern.is_some();
+                if let Some((code, why)) =
+                    forbidden(s, principal, &method, t, p.as_ref(), stateless)
+                {
                     metrics::with(|m| m.refusal("forbidden"));
                     warn!(
                         "[{}] {method} refused by mcpAuthorization for {}",
                         short_id(&s.id),
-                        principal.map_or("an anonymous client".to_string(), |p| p.key())
+                        principal.map_or("an anonymous client", |p| &**p.key())
                     );
                     return refuse(self, code, &why);
                 }
@@ -1435,7 +1428,7 @@ impl Relay {
             }
             Ok(Dest::All) => {
                 // Lists filtered by mcpAuthorization differ per principal: not cached.
-                let filtered = s.policy.door.as_ref().is_some_and(|d| d.rules.is_some());
+                let filtered = s.rules().is_some();
                 let key = list_key(&method, params.as_ref()).filter(|_| !filtered);
                 let cached = key
                     .as_ref()
@@ -2098,9 +2091,20 @@ impl Relay {
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
         };
-        let Some((call, label)) = s.take_call(cid) else {
+        let Some((mut call, label)) = s.take_call(cid) else {
             return;
         };
+        // What mcpAuthorization hides leaves each target's list page before anything else
+        // (merging, prefixes, cursors) sees it.
+        if let Some(rules) = s.rules() {
+            let principal = caller(call.modern.as_ref(), s);
+            for (t, _, r) in call.parts.iter_mut() {
+                if let Some(Ok(page)) = r {
+                    let target = s.naming.targets.get(*t).map_or("", String::as_str);
+                    filter_list(rules, principal, &call.method, target, page);
+                }
+            }
+        }
         let failed = call.parts.iter().all(|(_, _, r)| matches!(r, Some(Err(_))));
         let outcome = if failed && !call.parts.is_empty() {
             Outcome::Error
@@ -2121,15 +2125,6 @@ impl Relay {
             CallKind::Forward => match call.parts.into_iter().next() {
                 Some((t, _, Some(Ok(mut v)))) => {
                     legacy_view(t, &mut v);
-                    // A single target's list comes through unmerged: filtered here.
-                    if let Some(rules) = s.policy.door.as_ref().and_then(|d| d.rules.as_ref()) {
-                        let principal = call.modern.as_ref().and_then(|m| m.principal.as_deref());
-                        let principal = principal.or(s.principal.as_deref());
-                        let mut one = [(t, v)];
-                        filter_lists(rules, principal, &call.method, &s.naming.targets, &mut one);
-                        let [(_, filtered)] = one;
-                        v = filtered;
-                    }
                     aggregate::prefix_result_uris(&mut v, t, &s.naming);
                     jsonrpc::result(call.client_id, v)
                 }
@@ -2154,24 +2149,10 @@ impl Relay {
                     _ if call.method == "logging/setLevel" => {
                         jsonrpc::result(call.client_id, json!({}))
                     }
-                    _ => {
-                        let principal = call.modern.as_ref().and_then(|m| m.principal.as_deref());
-                        let principal = principal.or(s.principal.as_deref());
-                        let rules = s.policy.door.as_ref().and_then(|d| d.rules.as_ref());
-                        if let Some(rules) = rules {
-                            filter_lists(
-                                rules,
-                                principal,
-                                &call.method,
-                                &s.naming.targets,
-                                &mut ok,
-                            );
-                        }
-                        jsonrpc::result(
-                            call.client_id,
-                            aggregate::merge_list(&call.method, ok, &mut s.naming),
-                        )
-                    }
+                    _ => jsonrpc::result(
+                        call.client_id,
+                        aggregate::merge_list(&call.method, ok, &mut s.naming),
+                    ),
                 }
             }
             CallKind::Initialize => return self.complete_init(sk, call),
@@ -2422,7 +2403,7 @@ impl Relay {
         // A modern HTTP target's tool list is read for its parameter headers (general path).
         let learns = modern_target && s.targets.get(t).is_some_and(|x| x.http);
         // Lists that mcpAuthorization filters take the general path too.
-        let filtered = s.policy.door.as_ref().is_some_and(|d| d.rules.is_some());
+        let filtered = s.rules().is_some();
         let plain = |c: &Call| {
             splice(c)
                 && !(learns && c.method == "tools/list")
@@ -2866,18 +2847,24 @@ fn discover_result(merged: Option<&Value>) -> Value {
 }
 
 /// Shrinks a map that uses under a quarter of a large capacity.
+/// Who sent a request: a stateless client's own principal, else the session's.
+fn caller<'a>(modern: Option<&'a Modern>, s: &'a Session) -> Option<&'a Principal> {
+    (modern.and_then(|m| m.principal.as_deref())).or(s.principal.as_deref())
+}
+
 /// What `mcpAuthorization` says of a request for one target's tool, prompt or resource:
 /// None (allowed), or the error that refuses it: the same error as for one that does not
-/// exist, so a client learns nothing of what it may not use.
+/// exist, so a client learns nothing of what it may not use (for a `stateless` client,
+/// whose revision has no -32002, a missing resource is invalid params).
 fn forbidden(
     s: &Session,
     principal: Option<&Principal>,
     method: &str,
     t: usize,
     params: Option<&Value>,
+    stateless: bool,
 ) -> Option<(i64, String)> {
-    let door = s.policy.door.as_ref()?;
-    door.rules.as_ref()?;
+    let rules = s.rules()?;
     let field = |k: &str| params.and_then(|p| p.get(k)).and_then(Value::as_str);
     let (kind, name) = match method {
         "tools/call" => ("tool", field("name")?),
@@ -2895,27 +2882,30 @@ fn forbidden(
         _ => return None,
     };
     let target = s.naming.targets.get(t).map_or("", String::as_str);
-    if door.permits(principal, kind, name, target) {
+    if crate::auth::permits(rules, principal, kind, name, target) {
         return None;
     }
-    Some(match kind {
-        "tool" => (jsonrpc::INVALID_PARAMS, format!("Unknown tool: {name}")),
-        "prompt" => (jsonrpc::INVALID_PARAMS, format!("Unknown prompt: {name}")),
-        _ => (
+    Some(match (kind, stateless) {
+        ("tool", _) => (jsonrpc::INVALID_PARAMS, format!("Unknown tool: {name}")),
+        ("prompt", _) => (jsonrpc::INVALID_PARAMS, format!("Unknown prompt: {name}")),
+        (_, true) => (
+            jsonrpc::INVALID_PARAMS,
+            format!("Resource not found: {name}"),
+        ),
+        (_, false) => (
             jsonrpc::RESOURCE_NOT_FOUND,
             format!("Resource not found: {name}"),
         ),
     })
 }
 
-/// Drops from each target's list page what `rules` do not let `principal` see, before the
-/// pages are merged (so cursors and prefixes stay as they were).
-fn filter_lists(
+/// Drops from one target's list page what `rules` do not let `principal` see.
+fn filter_list(
     rules: &crate::auth::rules::RuleSet,
     principal: Option<&Principal>,
     method: &str,
-    targets: &[String],
-    parts: &mut [(usize, Value)],
+    target: &str,
+    page: &mut Value,
 ) {
     let (array, field, kind) = match method {
         "tools/list" => ("tools", "name", "tool"),
@@ -2924,14 +2914,11 @@ fn filter_lists(
         "resources/templates/list" => ("resourceTemplates", "uriTemplate", "resource"),
         _ => return,
     };
-    for (t, page) in parts.iter_mut() {
-        let target = targets.get(*t).map_or("", String::as_str);
-        if let Some(Value::Array(items)) = page.get_mut(array) {
-            items.retain(|item| {
-                let name = item.get(field).and_then(Value::as_str).unwrap_or("");
-                crate::auth::permits(rules, principal, kind, name, target)
-            });
-        }
+    if let Some(Value::Array(items)) = page.get_mut(array) {
+        items.retain(|item| {
+            let name = item.get(field).and_then(Value::as_str).unwrap_or("");
+            crate::auth::permits(rules, principal, kind, name, target)
+        });
     }
 }
 

@@ -56,7 +56,7 @@ impl Harness {
         };
         let mut relay = Relay::new(limits);
         let (sk, _sid) = relay
-            .create_session(backend(targets, failure), Rc::default(), None, false)
+            .create_session(backend(targets, failure), Rc::default(), None, None, false)
             .expect("session");
         let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
             "protocolVersion":"2025-11-25","capabilities":{"sampling":{}},
@@ -476,7 +476,13 @@ fn ending_a_session_answers_its_calls_and_closes_its_links() {
 fn a_modern_target_serves_a_legacy_client() {
     let mut relay = Relay::new(Limits::default());
     let (sk, _) = relay
-        .create_session(backend(&["m"], "failClosed"), Rc::default(), None, false)
+        .create_session(
+            backend(&["m"], "failClosed"),
+            Rc::default(),
+            None,
+            None,
+            false,
+        )
         .expect("session");
     let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
         "protocolVersion":"2025-11-25","capabilities":{"elicitation":{}},

@@ -13,9 +13,18 @@ use std::io::Read;
 use std::rc::Rc;
 use std::time::Instant;
 
-/// What a pool is kept under: its backend and route policy (by address), and the credential
-/// its links pass through (only when the route has a passthrough target).
-pub type PoolKey = (usize, usize, Option<Rc<str>>);
+/// What a pool is kept under: its backend and route policy (by address), and whose it is
+/// (the credential its links pass through, or its principal), when it is not everyone's.
+pub type PoolKey = (usize, usize, Option<Partition>);
+
+/// Whose a pool is, when it is not everyone's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Partition {
+    /// The credential its links pass through (a passthrough target).
+    Credential(Rc<str>),
+    /// One authenticated principal's (by `Principal::key`).
+    Principal(Rc<str>),
+}
 
 /// Server-to-client messages kept for a GET stream that is not open yet.
 pub const MAX_BACKLOG: usize = 1024;
@@ -253,6 +262,11 @@ pub struct Listen {
 }
 
 impl Session {
+    /// The route's `mcpAuthorization` rules, if it has any.
+    pub fn rules(&self) -> Option<&crate::auth::rules::RuleSet> {
+        self.policy.door.as_ref()?.rules.as_ref()
+    }
+
     pub fn new(id: String, backend: Rc<McpBackend>, init_params: Value) -> Session {
         let naming = Naming::new(
             backend.targets.iter().map(|t| t.name.clone()).collect(),

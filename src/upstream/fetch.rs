@@ -7,15 +7,13 @@
 use super::Registrar;
 use crate::auth::jwt::parse_jwks;
 use crate::auth::JwtAuth;
-use crate::config::{Jwks, Url};
+use crate::config::{Jwks, JwksTls, Url};
 use crate::http::client::{parse_response_head, write_request, BodyDecoder, ResponseHead};
 use crate::http::Status;
-use crate::tls::{self, TlsOptions};
 use crate::transport::{Io, Transport};
 use crate::{log, warn};
 use mio::{Interest, Token};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A good JWKS is fetched again after this.
@@ -42,7 +40,7 @@ struct Get {
 struct Job {
     auth: Rc<JwtAuth>,
     url: Url,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<JwksTls>,
     due: Instant,
     failures: u32,
     get: Option<Get>,
@@ -182,11 +180,11 @@ fn start(j: &mut Job, reg: &mut dyn Registrar, now: Instant) -> Result<(), Strin
         .ok_or("the host has no address")?;
     let mut t = Transport::connect(addr).map_err(|e| format!("connect: {e}"))?;
     if j.url.https {
-        let cfg = match &j.tls {
-            Some(c) => Arc::clone(c),
-            None => tls::client_config(&TlsOptions::default())?,
-        };
-        let name = tls::server_name(&j.url.host, &TlsOptions::default())?;
+        // Made at load time for every https URL.
+        let (cfg, name) = j
+            .tls
+            .clone()
+            .ok_or("no TLS configuration for an https URL")?;
         t.start_tls(cfg, name)?;
     }
     let token = reg

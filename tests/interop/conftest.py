@@ -60,6 +60,14 @@ def everything_target(name: str = "everything") -> dict[str, Any]:
     }
 
 
+def memory_target(files: Path, name: str = "memory") -> dict[str, Any]:
+    """Config target: @modelcontextprotocol/server-memory over stdio, keeping each principal's
+    graph in its own file under `files` (`${MCPLEX_PRINCIPAL}` in its env)."""
+    js = NODE_MODULES / "@modelcontextprotocol" / "server-memory" / "dist" / "index.js"
+    env = {"MEMORY_FILE_PATH": str(files / "memory-${MCPLEX_PRINCIPAL}.jsonl")}
+    return {"name": name, "stdio": {"cmd": str(NODE22), "args": [str(js)], "env": env}}
+
+
 def demo_target(name: str = "demo", args: list[str] | None = None) -> dict[str, Any]:
     """Config target: the project's demo upstream (mcplex-demo) over stdio."""
     return {"name": name, "stdio": {"cmd": str(MCPLEX_DEMO_BIN), "args": list(args or []), "env": {}}}

@@ -51,12 +51,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route
 
-from conftest import NODE_MODULES, NODE22, demo_target, free_port
+from conftest import demo_target, free_port, memory_target
 from mcp_client import STEP_TIMEOUT_S, step, text_of
 from test_upstream_tls import make_certs
 
 MODERN = "2026-07-28"
-MEMORY_JS = NODE_MODULES / "@modelcontextprotocol" / "server-memory" / "dist" / "index.js"
 
 
 # ---------------------------------------------------------------- helpers
@@ -720,16 +719,8 @@ def test_a_burst_gets_429_with_retry_after_and_others_are_unaffected(gateway):
 
 
 def test_two_principals_keep_separate_memory_graphs(gateway, tmp_path):
-    memory = {
-        "name": "memory",
-        "stdio": {
-            "cmd": str(NODE22),
-            "args": [str(MEMORY_JS)],
-            "env": {"MEMORY_FILE_PATH": str(tmp_path / "memory-${MCPLEX_PRINCIPAL}.jsonl")},
-        },
-    }
     policies = {"apiKey": AUTHZ["apiKey"]}
-    gw = gateway(route_config(policies, [memory]))
+    gw = gateway(route_config(policies, [memory_target(tmp_path)]))
 
     def call(token: str, name: str, args: dict) -> dict:
         r = post(gw.mcp, modern("tools/call", {"name": name, "arguments": args}), token)

@@ -26,7 +26,7 @@ from mcp import ClientSession
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import NODE22, demo_target
+from conftest import NODE22, demo_target, memory_target
 from mcp_client import STEP_TIMEOUT_S, step, text_of
 from test_conformance import MIN_SCENARIOS, run_suite
 from test_front_door import sdk_session
@@ -286,22 +286,11 @@ def test_reload_reads_a_new_certificate(gateway, tmp_path):
 def test_a_client_certificate_names_the_principal(gateway, tmp_path):
     """Mutual TLS without other authentication: the certificate's CN is the principal, so
     two clients' stateless requests to server-memory get separate children and files."""
-    from conftest import NODE_MODULES, NODE22
-
     pki = tmp_path / "pki"
     certs = make_certs(pki)
     people = {name: make_client_cert(pki, name) for name in ("alice", "bob")}
-    memory_js = NODE_MODULES / "@modelcontextprotocol" / "server-memory" / "dist" / "index.js"
-    target = {
-        "name": "memory",
-        "stdio": {
-            "cmd": str(NODE22),
-            "args": [str(memory_js)],
-            "env": {"MEMORY_FILE_PATH": str(tmp_path / "memory-${MCPLEX_PRINCIPAL}.jsonl")},
-        },
-    }
     cfg = https_config(certs, root=certs["ca"])
-    cfg["binds"][0]["listeners"][0]["routes"][0]["backends"][0]["mcp"]["targets"] = [target]
+    cfg["binds"][0]["listeners"][0]["routes"][0]["backends"][0]["mcp"]["targets"] = [memory_target(tmp_path)]
     gw = gateway(cfg)
 
     def call(who: str, name: str, args: dict) -> str:
