@@ -152,6 +152,11 @@ pub struct Body {
 pub fn parse_body(bytes: &[u8]) -> Result<Body, Value> {
     let v: Value = serde_json::from_slice(bytes)
         .map_err(|e| error(Value::Null, PARSE_ERROR, &format!("Parse error: {e}")))?;
+    body(v)
+}
+
+/// A parsed body as messages: one object, or a batch (a non-empty array).
+pub fn body(v: Value) -> Result<Body, Value> {
     match v {
         Value::Array(items) if items.is_empty() => {
             Err(error(Value::Null, INVALID_REQUEST, "empty batch"))

@@ -1,11 +1,12 @@
-//! What a 2026-07-28 peer controls: a client's request envelope and its headers (the checks
-//! the front runs), header values in the `=?base64?...?=` form, the `requestState` it hands
-//! back; an upstream's answer to the era probe and the `x-mcp-header` marks of its tools. No
-//! panic; a state verifies only when it is the one that was signed; header values round-trip.
+//! What a 2026-07-28 peer controls: a client's request envelope (lifted out as the body is
+//! parsed; put back, the message is what a plain parse gives) and its headers (the checks the
+//! front runs), header values in the `=?base64?...?=` form, the `requestState` it hands back;
+//! an upstream's answer to the era probe and the `x-mcp-header` marks of its tools. No panic;
+//! a state verifies only when it is the one that was signed; header values round-trip.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mcplex::front::modern;
+use mcplex::front::{envelope, modern};
 use mcplex::http::parse::{parse_request, Limits};
 use mcplex::http::Status;
 use mcplex::mcp::state::{binding, Resume, Signer};
@@ -20,18 +21,27 @@ const LIMITS: Limits = Limits {
 fuzz_target!(|data: &[u8]| {
     // As a request: parsed, then, when its body is one JSON-RPC message, checked.
     if let Ok(Status::Complete(req, _)) = parse_request(data, &LIMITS) {
-        if let Ok(mut msg) = serde_json::from_slice::<serde_json::Value>(&req.body) {
-            if modern::is_modern(&req, &msg) {
-                if modern::take(&req, &mut msg).is_ok() {
-                    let meta = msg.get("params").and_then(|p| p.get("_meta"));
-                    let keys = meta.and_then(|m| m.as_object()).map(|m| m.keys().count());
-                    assert!(
-                        !meta.and_then(|m| m.as_object()).is_some_and(|m| m
-                            .keys()
-                            .any(|k| k.starts_with("io.modelcontextprotocol/"))),
-                        "an envelope key left in _meta ({keys:?} keys)"
-                    );
+        if let Ok((mut body, lifted)) = envelope::parse_body(&req.body) {
+            let plain = serde_json::from_slice::<serde_json::Value>(&req.body).ok();
+            if let [msg] = body.messages.as_mut_slice() {
+                let meta = msg.get("params").and_then(|p| p.get("_meta"));
+                let keys = meta.and_then(|m| m.as_object()).map(|m| m.keys().count());
+                assert!(
+                    !meta.and_then(|m| m.as_object()).is_some_and(|m| m
+                        .keys()
+                        .any(|k| k.starts_with("io.modelcontextprotocol/"))),
+                    "an envelope key left in _meta ({keys:?} keys)"
+                );
+                if modern::is_modern(&req, msg, &lifted) {
+                    let method = mcplex::jsonrpc::method(msg);
+                    let key = modern::name_param(method).unwrap_or("");
+                    let named = msg.get("params").and_then(|p| p.get(key));
+                    let subject = (method, named.and_then(|n| n.as_str()));
+                    let _ = modern::take(&req, msg, subject, lifted.clone());
                 }
+                // Put back, the envelope gives what a plain parse gives.
+                lifted.restore(msg);
+                assert_eq!(Some(&*msg), plain.as_ref());
             }
         }
         if let Some(v) = req.header("mcp-name") {

@@ -6,6 +6,7 @@
 
 pub mod checks;
 pub mod door;
+pub mod envelope;
 pub mod modern;
 pub mod serve;
 
@@ -152,11 +153,12 @@ pub fn decide<'a>(cfg: &'a Config, bind: usize, req: &Request) -> Decision<'a> {
 
 /// The JSON-RPC body of a POST: 415 for another Content-Type, 400 with a JSON-RPC parse error
 /// for bad JSON.
-pub fn post_body(req: &Request) -> Result<jsonrpc::Body, Reply> {
+/// A single message's 2026-07-28 envelope comes lifted out (see `envelope`).
+pub fn post_body(req: &Request) -> Result<(jsonrpc::Body, envelope::Lifted), Reply> {
     if !media_type_is(req.header("content-type").unwrap_or(""), "application/json") {
         return Err(Reply::text(415, "Content-Type must be application/json\n"));
     }
-    jsonrpc::parse_body(&req.body).map_err(|e| Reply::json(400, &e))
+    envelope::parse_body(&req.body).map_err(|e| Reply::json(400, &e))
 }
 
 /// A streamable-HTTP POST must accept both JSON and SSE answers (406 otherwise).
@@ -315,7 +317,7 @@ pub(crate) mod tests {
     #[test]
     fn post_bodies() {
         let ok = parse("POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 36\r\n\r\n{\"jsonrpc\":\"2.0\",\"method\":\"ping\"}   ");
-        assert_eq!(post_body(&ok).map(|b| b.messages.len()), Ok(1));
+        assert_eq!(post_body(&ok).map(|(b, _)| b.messages.len()), Ok(1));
         let bad = parse("POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n{nope");
         let r = post_body(&bad).err().map(|r| {
             (

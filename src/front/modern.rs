@@ -2,6 +2,7 @@
 //! each must pass before it is served (the order the revision gives: the envelope in
 //! `params._meta`, then the HTTP headers against the body, then the version).
 
+use super::envelope::Lifted;
 use super::Reply;
 use crate::http::parse::Request;
 use crate::jsonrpc;
@@ -22,15 +23,13 @@ pub struct Envelope {
 }
 
 /// Whether a POSTed message is served statelessly: its `params._meta` names a protocol
-/// version, or the request's `MCP-Protocol-Version` header names the modern revision (a
-/// request without the envelope then fails the checks). `initialize` is legacy unless it
-/// carries the envelope and no `protocolVersion` of its own: then it is a modern client
-/// calling a method its revision removed.
-pub fn is_modern(req: &Request, msg: &Value) -> bool {
-    let enveloped = msg
-        .at("/params/_meta")
-        .and_then(Value::as_object)
-        .is_some_and(|m| m.contains_key(META_PROTOCOL_VERSION));
+/// version (`lifted` holds what the parse lifted out of it), or the request's
+/// `MCP-Protocol-Version` header names the modern revision (a request without the envelope
+/// then fails the checks). `initialize` is legacy unless it carries the envelope and no
+/// `protocolVersion` of its own: then it is a modern client calling a method its revision
+/// removed.
+pub fn is_modern(req: &Request, msg: &Value, lifted: &Lifted) -> bool {
+    let enveloped = lifted.version.is_some();
     if jsonrpc::method(msg) == "initialize" {
         return enveloped && msg.at("/params/protocolVersion").is_none();
     }
@@ -73,41 +72,23 @@ pub fn name_param(method: &str) -> Option<&'static str> {
     }
 }
 
-/// The checks a modern request passes before it is served, taking its envelope out on the
-/// way: the client's capabilities and `clientInfo` move into the `Envelope`, and every
-/// `io.modelcontextprotocol/` key leaves `_meta` (a legacy upstream gets none of it; a modern
-/// one gets the envelope rebuilt). `_meta` is read in one pass: its keys share a long prefix,
-/// so each lookup by name would compare it again. Err: the 400 to answer with.
-pub fn take(req: &Request, msg: &mut Value) -> Result<Envelope, Reply> {
-    let params = msg.get_mut("params").and_then(Value::as_object_mut);
-    let meta = params.and_then(|p| match p.remove("_meta") {
-        Some(Value::Object(m)) => Some((p, m)),
-        Some(other) => {
-            p.insert("_meta".into(), other);
-            None
-        }
-        None => None,
-    });
-    let (mut version, mut capabilities, mut client_info, mut log_level) = (None, None, None, None);
-    if let Some((params, meta)) = meta {
-        let mut rest = serde_json::Map::new();
-        for (k, v) in meta {
-            match k.strip_prefix(crate::mcp::META_PREFIX) {
-                Some("protocolVersion") => version = Some(v),
-                Some("clientCapabilities") => capabilities = Some(v),
-                Some("clientInfo") => client_info = Some(v),
-                Some("logLevel") => log_level = Some(v),
-                Some(_) => {}
-                None => {
-                    rest.insert(k, v);
-                }
-            }
-        }
-        if !rest.is_empty() {
-            params.insert("_meta".into(), Value::Object(rest));
-        }
-    }
-    let msg: &Value = msg;
+/// The checks a modern request passes before it is served, on its envelope (lifted out of
+/// `params._meta` as the body was parsed: a legacy upstream gets none of it; a modern one
+/// gets it rebuilt). `subject`: the request's method and the parameter `Mcp-Name` mirrors.
+/// Err: the 400 to answer with.
+pub fn take(
+    req: &Request,
+    msg: &Value,
+    (method, named): (&str, Option<&str>),
+    lifted: Lifted,
+) -> Result<Envelope, Reply> {
+    let Lifted {
+        version,
+        capabilities,
+        client_info,
+        log_level,
+        ..
+    } = lifted;
     let missing: Vec<&str> = [
         (META_PROTOCOL_VERSION, version.is_none()),
         (META_CLIENT_CAPABILITIES, capabilities.is_none()),
@@ -128,7 +109,6 @@ pub fn take(req: &Request, msg: &mut Value) -> Result<Envelope, Reply> {
         let why = "params._meta: the protocol version must be a string and the client capabilities an object";
         return Err(refuse(msg, jsonrpc::INVALID_PARAMS, why, None));
     };
-    let method = jsonrpc::method(msg);
     let mismatch = |what: &str| {
         let why = format!("the {what} header does not match the request body");
         Err(refuse(msg, jsonrpc::HEADER_MISMATCH, &why, None))
@@ -139,13 +119,9 @@ pub fn take(req: &Request, msg: &mut Value) -> Result<Envelope, Reply> {
     if req.header("mcp-method") != Some(method) {
         return mismatch("Mcp-Method");
     }
-    if let Some(key) = name_param(method) {
-        let body = msg
-            .get("params")
-            .and_then(|p| p.get(key))
-            .and_then(Value::as_str);
+    if let Some(body) = named {
         let header = req.header("mcp-name").map(decode_header_value);
-        if body.is_some() && header.as_deref() != body {
+        if header.as_deref() != Some(body) {
             return mismatch("Mcp-Name");
         }
     }
@@ -189,13 +165,19 @@ mod tests {
     use super::*;
     use crate::mcp::META_LOG_LEVEL;
 
-    fn post(headers: &str, body: &Value) -> (Request, Value) {
+    fn post(headers: &str, body: &Value) -> (Request, Value, Lifted) {
         let text = body.to_string();
         let raw = format!(
             "POST /mcp HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\n\r\n{text}",
             text.len()
         );
-        (parse(&raw), body.clone())
+        let (mut parsed, lifted) =
+            super::super::envelope::parse_body(text.as_bytes()).expect("one message");
+        (
+            parse(&raw),
+            parsed.messages.pop().unwrap_or_default(),
+            lifted,
+        )
     }
 
     fn call(version: &str, meta_extra: Value) -> Value {
@@ -205,6 +187,12 @@ mod tests {
         }
         json!({"jsonrpc":"2.0","id":3,"method":"tools/call",
                "params":{"name":"echo","arguments":{},"_meta":meta}})
+    }
+
+    fn subject(msg: &Value) -> (&str, Option<&str>) {
+        let method = jsonrpc::method(msg);
+        let key = name_param(method).unwrap_or("");
+        (method, msg["params"][key].as_str())
     }
 
     fn code(r: Result<Envelope, Reply>) -> (u16, i64) {
@@ -219,12 +207,12 @@ mod tests {
 
     #[test]
     fn a_valid_request_yields_its_envelope() {
-        let (req, msg) = post(
+        let (req, msg, lifted) = post(
             HEADERS,
             &call(MODERN_VERSION, json!({META_LOG_LEVEL: "info"})),
         );
-        assert!(is_modern(&req, &msg));
-        let env = take(&req, &mut msg.clone()).expect("valid");
+        assert!(is_modern(&req, &msg, &lifted));
+        let env = take(&req, &msg, subject(&msg), lifted).expect("valid");
         assert_eq!(env.version, MODERN_VERSION);
         assert_eq!(env.log_level.as_deref(), Some("info"));
     }
@@ -233,31 +221,31 @@ mod tests {
     fn the_ladder_refuses_in_order() {
         // No envelope, but a modern header: modern, and refused for the missing keys.
         let bare = json!({"jsonrpc":"2.0","id":3,"method":"tools/list","params":{}});
-        let (req, msg) = post(HEADERS, &bare);
-        assert!(is_modern(&req, &msg));
+        let (req, msg, lifted) = post(HEADERS, &bare);
+        assert!(is_modern(&req, &msg, &lifted));
         assert_eq!(
-            code(take(&req, &mut msg.clone())),
+            code(take(&req, &msg, subject(&msg), lifted)),
             (400, jsonrpc::INVALID_PARAMS)
         );
         // Headers that disagree with the body.
-        let (req, msg) = post(
+        let (req, msg, lifted) = post(
             "Mcp-Method: tools/call\r\nMcp-Name: echo\r\n",
             &call(MODERN_VERSION, json!({})),
         );
         assert_eq!(
-            code(take(&req, &mut msg.clone())),
+            code(take(&req, &msg, subject(&msg), lifted)),
             (400, jsonrpc::HEADER_MISMATCH)
         );
         let wrong_name = HEADERS.replace("Mcp-Name: echo", "Mcp-Name: other");
-        let (req, msg) = post(&wrong_name, &call(MODERN_VERSION, json!({})));
+        let (req, msg, lifted) = post(&wrong_name, &call(MODERN_VERSION, json!({})));
         assert_eq!(
-            code(take(&req, &mut msg.clone())),
+            code(take(&req, &msg, subject(&msg), lifted)),
             (400, jsonrpc::HEADER_MISMATCH)
         );
         // An unknown version, stated consistently: -32022 with the supported list.
         let future = HEADERS.replace("2026-07-28", "2027-01-01");
-        let (req, msg) = post(&future, &call("2027-01-01", json!({})));
-        let r = take(&req, &mut msg.clone()).expect_err("refused");
+        let (req, msg, lifted) = post(&future, &call("2027-01-01", json!({})));
+        let r = take(&req, &msg, subject(&msg), lifted).expect_err("refused");
         let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
         assert_eq!(body["error"]["code"], jsonrpc::UNSUPPORTED_VERSION);
         assert_eq!(body["error"]["data"]["requested"], "2027-01-01");
@@ -267,16 +255,16 @@ mod tests {
     #[test]
     fn legacy_messages_are_not_modern() {
         let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","_meta":{META_PROTOCOL_VERSION: MODERN_VERSION}}});
-        let (req, msg) = post(HEADERS, &init);
-        assert!(!is_modern(&req, &msg));
+        let (req, msg, lifted) = post(HEADERS, &init);
+        assert!(!is_modern(&req, &msg, &lifted));
         // Without a version of its own it is a modern request for a removed method.
         let removed = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"_meta":{META_PROTOCOL_VERSION: MODERN_VERSION}}});
-        let (req, msg) = post(HEADERS, &removed);
-        assert!(is_modern(&req, &msg) && super::removed("initialize"));
+        let (req, msg, lifted) = post(HEADERS, &removed);
+        assert!(is_modern(&req, &msg, &lifted) && super::removed("initialize"));
         assert!(!super::removed("tools/list") && super::removed("logging/setLevel"));
         let list = json!({"jsonrpc":"2.0","id":1,"method":"tools/list"});
-        let (req, msg) = post("MCP-Protocol-Version: 2025-11-25\r\n", &list);
-        assert!(!is_modern(&req, &msg));
+        let (req, msg, lifted) = post("MCP-Protocol-Version: 2025-11-25\r\n", &list);
+        assert!(!is_modern(&req, &msg, &lifted));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! The client context served here is the legacy, stateful one: an `Mcp-Session-Id` (or the
 //! legacy `sessionId`), a POST whose answers gather into one reply, and the session's stream.
 
+use super::envelope::Lifted;
 use super::{check_post_accept, decide, door, modern, post_body, Decision, Op, Reply};
 use crate::auth::Principal;
 use crate::config::{Config, Route};
@@ -131,16 +132,16 @@ pub fn respond(c: &mut Conn, r: Reply, keep_alive: bool) {
 
 /// The JSON-RPC body of a POST, or None when a reply was queued for it instead. Notes the MCP
 /// method for the access log.
-fn json_body(c: &mut Conn, req: &Request, keep_alive: bool) -> Option<jsonrpc::Body> {
+fn json_body(c: &mut Conn, req: &Request, keep_alive: bool) -> Option<(jsonrpc::Body, Lifted)> {
     match post_body(req) {
-        Ok(body) => {
+        Ok((body, lifted)) => {
             if let Some(a) = c.access.as_mut() {
                 a.mcp_method = match body.messages.as_slice() {
                     [one] => jsonrpc::method(one).to_string(),
                     many => format!("batch({})", many.len()),
                 };
             }
-            Some(body)
+            Some((body, lifted))
         }
         Err(r) => {
             respond(c, r, keep_alive);
@@ -205,14 +206,24 @@ fn post(relay: &mut Relay, c: &mut Conn, id: ConnId, req: Request, to: Entry<'_>
     if let Err(r) = check_post_accept(&req) {
         return respond(c, r, keep);
     }
-    let Some(body) = json_body(c, &req, keep) else {
+    let Some((mut body, lifted)) = json_body(c, &req, keep) else {
         return;
     };
-    if let [one] = body.messages.as_slice() {
-        if modern::is_modern(&req, one) {
-            let msg = body.messages.into_iter().next().unwrap_or_default();
-            return modern_post(relay, c, id, &req, msg, Entry { route, who }, keep);
+    if let [one] = body.messages.as_mut_slice() {
+        if modern::is_modern(&req, one, &lifted) {
+            let msg = body.messages.pop().unwrap_or_default();
+            return modern_post(
+                relay,
+                c,
+                id,
+                &req,
+                (msg, lifted),
+                Entry { route, who },
+                keep,
+            );
         }
+        // A legacy message keeps its `_meta` as it came.
+        lifted.restore(one);
     }
     let init = body
         .messages
@@ -280,12 +291,17 @@ fn modern_post(
     c: &mut Conn,
     id: ConnId,
     req: &Request,
-    msg: Value,
+    (msg, lifted): (Value, Lifted),
     Entry { route, who }: Entry<'_>,
     keep: bool,
 ) {
-    let mut msg = msg;
-    let envelope = match modern::take(req, &mut msg) {
+    // Looked up once: the checks, the pool and the call all need them.
+    let method = jsonrpc::method(&msg);
+    let params = msg.get("params").and_then(Value::as_object);
+    let named = modern::name_param(method)
+        .and_then(|k| params?.get(k))
+        .and_then(Value::as_str);
+    let envelope = match modern::take(req, &msg, (method, named), lifted) {
         Ok(e) => e,
         Err(r) => return respond(c, r, keep),
     };
@@ -298,7 +314,6 @@ fn modern_post(
             return c.respond_json(400, &[], &e, keep);
         }
     }
-    let method = jsonrpc::method(&msg);
     if modern::removed(method) {
         let why = format!("{method} is not a method of MCP 2026-07-28");
         let e = jsonrpc::error(msg["id"].clone(), jsonrpc::METHOD_NOT_FOUND, &why);
@@ -317,18 +332,18 @@ fn modern_post(
         modern: true,
     });
     c.chunked = req.minor_version > 0;
-    let name = modern::name_param(method)
-        .and_then(|k| msg.get("params")?.get(k))
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let param = |k: &str| params.and_then(|p| p.get(k));
     let modern = Modern {
         log_level: envelope.log_level,
         capabilities: envelope.capabilities,
-        subject: (method.to_string(), name.to_string()),
+        name: named.unwrap_or("").to_string(),
         input: Vec::new(),
         client_info: envelope.client_info,
         missing: Vec::new(),
-        offered: msg.at("/params/inputResponses").cloned(),
+        offered: param("inputResponses").cloned(),
+        state: param("requestState")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         principal: who,
     };
     relay.modern_request(sk, id, msg, modern);
@@ -487,9 +502,13 @@ fn legacy_post(
         };
         return c.respond_text(status, why, keep);
     };
-    let Some(body) = json_body(c, &req, keep) else {
+    let Some((mut body, lifted)) = json_body(c, &req, keep) else {
         return;
     };
+    // The legacy endpoint serves no stateless requests: the envelope goes back where it was.
+    if let [one] = body.messages.as_mut_slice() {
+        lifted.restore(one);
+    }
     c.respond(202, &[("Content-Type", "text/plain")], b"Accepted", keep);
     relay.touch(sk);
     relay.credential(sk, req.header("authorization"));

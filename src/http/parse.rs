@@ -74,25 +74,56 @@ pub struct Request {
     pub query: String,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
-    pub headers: Vec<(String, String)>,
+    /// The header fields in one buffer (two allocations per request instead of two per
+    /// field): each name, lower-cased, followed by its trimmed value.
+    fields: String,
+    /// Where each field's name starts, where it ends (and its value starts) and where its
+    /// value ends in `fields`, in order.
+    spans: Vec<(u32, u32, u32)>,
     pub body: Vec<u8>,
 }
 
 impl Request {
+    /// The header fields, in order: (name in lower case, value trimmed).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.spans.iter().map(|&span| self.field(span))
+    }
+
+    fn field(&self, (start, name_end, end): (u32, u32, u32)) -> (&str, &str) {
+        let (s, n, e) = (start as usize, name_end as usize, end as usize);
+        let name = self.fields.get(s..n).unwrap_or("");
+        (name, self.fields.get(n..e).unwrap_or(""))
+    }
+
+    /// Whether the field at `span` is named `name` (in lower case). Lengths first: most
+    /// fields are passed over without comparing a byte.
+    fn named(&self, (s, n, _): (u32, u32, u32), name: &str) -> bool {
+        (n - s) as usize == name.len()
+            && self.fields.as_bytes().get(s as usize..n as usize) == Some(name.as_bytes())
+    }
+
+    /// The values of the fields named `name`, in order.
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let spans = self.spans.iter().copied();
+        spans
+            .filter(move |&span| self.named(span, name))
+            .map(|span| self.field(span).1)
+    }
+
     /// The first value of a header field (name in lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
+        let span = self
+            .spans
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .copied()
+            .find(|&span| self.named(span, name))?;
+        Some(self.field(span).1)
     }
 
     /// All values of a header field, comma lists split, trimmed.
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .flat_map(|(_, v)| v.split(','))
+        self.values(name)
+            .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|v| !v.is_empty())
     }
@@ -160,17 +191,34 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Status<Request>, Htt
         return Err(HttpError::BadRequest("request target must be a path"));
     }
     let minor_version = req.version.unwrap_or(1);
-    let mut fields = Vec::with_capacity(req.headers.len());
+    let size = req.headers.iter().map(|h| h.name.len() + h.value.len());
+    let mut fields = String::with_capacity(size.sum());
+    let mut spans = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value)
             .map_err(|_| HttpError::BadRequest("header value is not UTF-8"))?;
-        fields.push((h.name.to_ascii_lowercase(), value.trim().to_string()));
+        // The head is at most `max_head` bytes: the offsets fit.
+        let start = fields.len();
+        fields.push_str(h.name);
+        fields[start..].make_ascii_lowercase();
+        let name_end = fields.len() as u32;
+        fields.push_str(value.trim());
+        spans.push((start as u32, name_end, fields.len() as u32));
     }
+    let parsed = Request {
+        method,
+        path,
+        query,
+        minor_version,
+        fields,
+        spans,
+        body: Vec::new(),
+    };
 
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
-    for (name, value) in &fields {
-        match name.as_str() {
+    for (name, value) in parsed.headers() {
+        match name {
             "content-length" => {
                 // A second Content-Length, even an equal one, is a smuggling shape: refuse it.
                 if content_length.is_some() {
@@ -219,14 +267,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Status<Request>, Htt
         (rest[..n].to_vec(), n)
     };
     Ok(Status::Complete(
-        Request {
-            method,
-            path,
-            query,
-            minor_version,
-            headers: fields,
-            body,
-        },
+        Request { body, ..parsed },
         head_len + body_len,
     ))
 }

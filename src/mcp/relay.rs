@@ -886,7 +886,7 @@ impl Relay {
             pool: sk,
             call: cid,
         };
-        let binding = state::binding(&modern.subject.0, &modern.subject.1);
+        let binding = state::binding(&call.method, &modern.name);
         let token = self.signer.sign(resume, expires, &binding);
         call.deadline = Instant::now() + ttl;
         let client_id = call.client_id.clone();
@@ -903,7 +903,7 @@ impl Relay {
     /// waiting requests, and the call, still running upstream, now answers this request.
     fn resume(&mut self, sk: u64, conn: ConnId, msg: &Value, modern: Modern, token: &str) {
         let id = msg.get("id").cloned().unwrap_or(Value::Null);
-        let binding = state::binding(&modern.subject.0, &modern.subject.1);
+        let binding = state::binding(jsonrpc::method(msg), &modern.name);
         let found = self
             .signer
             .verify(token, state::now_ms(), &binding)
@@ -979,7 +979,7 @@ impl Relay {
 
     /// A stateless request (already checked by the front) on pool `sk`; its answer goes to
     /// `conn`, shaped for the 2026-07-28 revision.
-    pub fn modern_request(&mut self, sk: u64, conn: ConnId, mut msg: Value, modern: Modern) {
+    pub fn modern_request(&mut self, sk: u64, conn: ConnId, msg: Value, modern: Modern) {
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
         };
@@ -989,9 +989,7 @@ impl Relay {
             return;
         }
         let id = msg.get("id").cloned().unwrap_or(Value::Null);
-        let state = msg.at("/params/requestState").and_then(Value::as_str);
-        if let Some(token) = state.filter(|t| Signer::is_ours(t)) {
-            let token = token.to_string();
+        if let Some(token) = modern.state.clone().filter(|t| Signer::is_ours(t)) {
             return self.resume(sk, conn, &msg, modern, &token);
         }
         match jsonrpc::method(&msg) {
@@ -1001,18 +999,8 @@ impl Relay {
                 shape_modern("server/discover", &mut r);
                 self.reply(Some(conn), jsonrpc::result(id, r));
             }
-            _ => {
-                // The envelope is for the gateway; a legacy upstream gets none of it.
-                if let Some(params) = msg.get_mut("params").and_then(Value::as_object_mut) {
-                    if let Some(Value::Object(meta)) = params.get_mut("_meta") {
-                        meta.retain(|k, _| !k.starts_with(super::META_PREFIX));
-                        if meta.is_empty() {
-                            params.remove("_meta");
-                        }
-                    }
-                }
-                self.client_request(sk, conn, msg, Some(modern));
-            }
+            // The front took the envelope out of `_meta` (it is for the gateway).
+            _ => self.client_request(sk, conn, msg, Some(modern)),
         }
     }
 
@@ -2424,7 +2412,8 @@ impl Relay {
         };
         metrics::with(|m| m.request(&call.method, label, Outcome::Ok, call.started.elapsed()));
         if let Some(conn) = call.conn {
-            let mut text = String::with_capacity(result.len() + 48);
+            // The envelope's text, the id, and the fields a stateless answer gains.
+            let mut text = String::with_capacity(result.len() + 48 + 64);
             text.push_str(r#"{"jsonrpc":"2.0","id":"#);
             text.push_str(&call.client_id.to_string());
             text.push_str(r#","result":"#);

@@ -616,7 +616,8 @@ fn modern_ctx() -> Modern {
     Modern {
         log_level: None,
         capabilities: json!({}),
-        subject: Default::default(),
+        name: Default::default(),
+        state: None,
         input: Vec::new(),
         client_info: None,
         missing: Vec::new(),

@@ -99,9 +99,11 @@ pub struct Modern {
     /// The client's capabilities, from its envelope: which requests of a legacy server it can
     /// be asked (as an `input_required` round).
     pub capabilities: Value,
-    /// The method and the tool, prompt or resource name a `requestState` for this call is
-    /// bound to (digested by `state::binding` only when a state is made or checked).
-    pub subject: (String, String),
+    /// The tool, prompt or resource name a `requestState` for this call is bound to, with
+    /// its method (digested by `state::binding` only when a state is made or checked).
+    pub name: String,
+    /// The request's `requestState`, when it carries one (a retry after an input round).
+    pub state: Option<String>,
     /// A round in progress: the server's requests the client is asked, each under its input
     /// key, with its target, the server's own request id and the request itself
     /// (`{method, params}`). Empty when no round is open.
