@@ -23,7 +23,18 @@ fn envelope(extra: Value) -> Value {
 }
 
 /// A modern POST with the headers the revision asks for (`name` goes in `Mcp-Name`).
-fn modern_post(method: &str, name: Option<&str>, id: &Value, mut params: Value) -> Vec<u8> {
+fn modern_post(method: &str, name: Option<&str>, id: &Value, params: Value) -> Vec<u8> {
+    modern_post_with(method, name, id, params, &[])
+}
+
+/// The same, with `extra` headers (`Mcp-Param-*`, say).
+fn modern_post_with(
+    method: &str,
+    name: Option<&str>,
+    id: &Value,
+    mut params: Value,
+    extra: &[(&str, &str)],
+) -> Vec<u8> {
     let meta = params.get("_meta").cloned().unwrap_or_else(|| json!({}));
     params["_meta"] = envelope(meta);
     let body = rpc_request(id, method, params);
@@ -33,7 +44,86 @@ fn modern_post(method: &str, name: Option<&str>, id: &Value, mut params: Value) 
     if let Some(n) = name {
         h.push(("Mcp-Name", n));
     }
+    h.extend_from_slice(extra);
     request("POST", "/mcp", &h, body.as_bytes())
+}
+
+/// A stateless `tools/call` of the demo's `echo_region` (its `region` is marked
+/// `x-mcp-header: Region`) with `headers`: the HTTP status and the answer.
+fn region_call(gw: &Gateway, headers: &[(&str, &str)]) -> (u16, Value) {
+    let id = next_id();
+    let params = json!({"name": "echo_region", "arguments": {"region": "Hello"}});
+    let req = modern_post_with("tools/call", Some("echo_region"), &id, params, headers);
+    let r = send_once(gw.port, &req);
+    (r.status(), r.rpc(&id))
+}
+
+#[test]
+fn mcp_param_headers_are_checked_against_the_tools_marks() {
+    // A legacy upstream never sees the headers: the gateway checks them, by the marks in the
+    // tool list its pool relayed.
+    let gw = Gateway::demo("");
+    call(&gw, "tools/list", None, json!({}));
+    let (status, e) = region_call(&gw, &[]);
+    assert_eq!(
+        (status, e["error"]["code"].as_i64()),
+        (400, Some(-32020)),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Mcp-Param-Region"),
+        "{e}"
+    );
+    for wrong in ["Bye", "=?base64?SGVsbG8?=", "=?base64?SGVs!!!bG8=?="] {
+        let (status, e) = region_call(&gw, &[("Mcp-Param-Region", wrong)]);
+        assert_eq!(
+            (status, e["error"]["code"].as_i64()),
+            (400, Some(-32020)),
+            "{wrong}: {e}"
+        );
+    }
+    for right in ["Hello", "=?base64?SGVsbG8=?="] {
+        let (status, ok) = region_call(&gw, &[("mcp-param-region", right)]);
+        assert_eq!(status, 200, "{right}: {ok}");
+        assert_eq!(ok["result"]["content"][0]["text"], "region: Hello", "{ok}");
+    }
+
+    // A modern HTTP upstream checks them itself. Before the gateway has seen its list, the
+    // client's own headers travel on: a right call passes, a wrong one is refused upstream.
+    let demo = DemoHttp::start(&["--dual-era"]);
+    let gw = Gateway::start(&format!(
+        "mcp:\n  port: 0\n  targets:\n  - name: demo\n    mcp: {{host: \"http://127.0.0.1:{}/mcp\"}}\n",
+        demo.port
+    ));
+    let (status, ok) = region_call(&gw, &[("Mcp-Param-Region", "=?base64?SGVsbG8=?=")]);
+    assert_eq!(status, 200, "{ok}");
+    assert_eq!(ok["result"]["content"][0]["text"], "region: Hello", "{ok}");
+    let (status, e) = region_call(&gw, &[]);
+    assert_eq!(
+        (status, e["error"]["code"].as_i64()),
+        (400, Some(-32020)),
+        "{e}"
+    );
+    // Once it has, the gateway refuses a wrong call itself and rebuilds a right one's headers.
+    call(&gw, "tools/list", None, json!({}));
+    let (status, e) = region_call(&gw, &[("Mcp-Param-Region", "Bye")]);
+    assert_eq!(
+        (status, e["error"]["code"].as_i64()),
+        (400, Some(-32020)),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not match"),
+        "{e}"
+    );
+    let (status, ok) = region_call(&gw, &[("Mcp-Param-Region", "Hello")]);
+    assert_eq!(status, 200, "{ok}");
 }
 
 #[track_caller]

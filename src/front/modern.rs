@@ -142,12 +142,26 @@ pub fn take(
     })
 }
 
+/// A request's `Mcp-Param-*` headers: (the name after the prefix, in lower case; the value
+/// decoded). Checked against the tool's `x-mcp-header` marks once the call is routed.
+pub fn param_headers(req: &Request) -> Vec<(String, String)> {
+    let named = req
+        .headers()
+        .filter_map(|(n, v)| Some((n.strip_prefix("mcp-param-")?, v)));
+    named
+        .map(|(n, v)| (n.to_string(), decode_header_value(v).into_owned()))
+        .collect()
+}
+
 /// A header value as the revision encodes non-ASCII ones: `=?base64?<base64>?=`, else as it
-/// is. A payload that is not valid base64 or UTF-8 stays as it was sent (and so mismatches).
+/// is. A payload that is not valid, padded base64 of UTF-8 text stays as it was sent (and so
+/// mismatches).
 pub fn decode_header_value(v: &str) -> Cow<'_, str> {
     let Some(payload) = v
         .strip_prefix("=?base64?")
         .and_then(|r| r.strip_suffix("?="))
+        // Padded to whole quanta, as the revision's examples and test cases require.
+        .filter(|p| p.len() % 4 == 0 && p.len() - p.trim_end_matches('=').len() <= 2)
     else {
         return Cow::Borrowed(v);
     };
@@ -270,7 +284,24 @@ mod tests {
     #[test]
     fn base64_header_values() {
         assert_eq!(decode_header_value("=?base64?w6ljaG8=?="), "écho");
-        assert_eq!(decode_header_value("=?base64?w6ljaG8?="), "écho");
+        // Unpadded, over-padded or outside the alphabet: taken literally.
+        assert_eq!(
+            decode_header_value("=?base64?w6ljaG8?="),
+            "=?base64?w6ljaG8?="
+        );
+        assert_eq!(
+            decode_header_value("=?base64?SGVsbG8?="),
+            "=?base64?SGVsbG8?="
+        );
+        assert_eq!(
+            decode_header_value("=?base64?SGVs!!!bG8=?="),
+            "=?base64?SGVs!!!bG8=?="
+        );
+        assert_eq!(
+            decode_header_value("=?base64?SGVsbG8===?="),
+            "=?base64?SGVsbG8===?="
+        );
+        assert_eq!(decode_header_value("=?base64?SGVsbG8=?="), "Hello");
         assert_eq!(decode_header_value("plain"), "plain");
         assert_eq!(decode_header_value("=?base64?***?="), "=?base64?***?=");
     }

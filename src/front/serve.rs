@@ -344,6 +344,7 @@ fn modern_post(
         state: param("requestState")
             .and_then(Value::as_str)
             .map(str::to_string),
+        param_headers: modern::param_headers(req),
         principal: who,
     };
     relay.modern_request(sk, id, msg, modern);

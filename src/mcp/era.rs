@@ -130,10 +130,12 @@ pub fn legacy_result(v: &mut Value) -> bool {
 
 /// The HTTP headers of a 2026-07-28 request to a modern target: the version, `Mcp-Method`,
 /// `Mcp-Name` for the methods that name something, and for `tools/call` the `Mcp-Param-*`
-/// of the tool's marked arguments (`params`: the target's marks, by tool name).
+/// of the tool's marked arguments (`params`: the target's marks, by tool name), or, for a
+/// tool with no marks known, the client's own (`given`: names after the prefix, decoded).
 pub fn http_headers(
     msg: &Value,
     params: &std::collections::HashMap<String, Vec<super::params::Binding>>,
+    given: &[(String, String)],
 ) -> Vec<(String, String)> {
     let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
     let mut h = vec![
@@ -150,9 +152,15 @@ pub fn http_headers(
     };
     if let Some(name) = named.and_then(Value::as_str) {
         h.push(("Mcp-Name".to_string(), super::params::encode(name)));
-        if let (Some(b), "tools/call") = (params.get(name), method) {
-            let args = msg.at("/params/arguments").unwrap_or(&Value::Null);
-            h.extend(super::params::headers(b, args));
+        match (params.get(name), method) {
+            (Some(b), "tools/call") => {
+                let args = msg.at("/params/arguments").unwrap_or(&Value::Null);
+                h.extend(super::params::headers(b, args));
+            }
+            (None, "tools/call") => h.extend(
+                (given.iter()).map(|(n, v)| (format!("Mcp-Param-{n}"), super::params::encode(v))),
+            ),
+            _ => {}
         }
     }
     h

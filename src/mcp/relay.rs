@@ -1356,6 +1356,9 @@ impl Relay {
                 self.reply(Some(conn), jsonrpc::result(client_id.clone(), empty))
             }
             Ok(Dest::One(t, p)) => {
+                if let Some(why) = param_mismatch(s, t, &method, p.as_ref(), modern.as_ref()) {
+                    return refuse(self, jsonrpc::HEADER_MISMATCH, &why);
+                }
                 let principal = caller(modern.as_ref(), s);
                 let stateless = modern.is_some();
                 if let Some((code, why)) =
@@ -1776,7 +1779,16 @@ impl Relay {
         }
         // (An `auto` target still being probed gets only `server/discover`, enveloped.)
         let headers = match slot.era != Era::Legacy && slot.http && !note {
-            true => era::http_headers(&msg, &slot.params),
+            true => {
+                // For a tool whose marks the gateway has not seen listed, a stateless client's
+                // own Mcp-Param-* headers travel on.
+                let call = (msg.get("id").and_then(Value::as_u64))
+                    .and_then(|uid| s.upstream.get(&uid))
+                    .and_then(|cid| s.calls.get(cid));
+                let given = call.and_then(|c| c.modern.as_ref());
+                let given = given.map_or(&[][..], |m| &m.param_headers[..]);
+                era::http_headers(&msg, &slot.params, given)
+            }
             false => Vec::new(),
         };
         self.push(Action::Send { link, msg, headers });
@@ -1934,9 +1946,10 @@ impl Relay {
         }
     }
 
-    /// A modern HTTP target's `tools/list` page: the tools whose `x-mcp-header` marks are
-    /// invalid are dropped (a client must not call them), and the valid marks are kept for
-    /// the `Mcp-Param-*` headers of later calls.
+    /// A target's `tools/list` page, read for its `x-mcp-header` marks: kept for the
+    /// `Mcp-Param-*` headers of later calls to a modern HTTP target, and in a pool for
+    /// checking a stateless client's. A modern HTTP target's tools whose marks are invalid
+    /// are dropped (a client must not call them); another target's are kept, unmarked.
     fn learn_params(&mut self, sk: u64, cid: u64, part: usize, r: &mut Result<Value, Value>) {
         let Some(s) = self.sessions.get_mut(&sk) else {
             return;
@@ -1949,9 +1962,15 @@ impl Relay {
         else {
             return;
         };
-        let Some(slot) = s.targets.get_mut(t).filter(|x| x.modern() && x.http) else {
+        let pool = s.pool;
+        let Some(slot) = s
+            .targets
+            .get_mut(t)
+            .filter(|x| (x.modern() && x.http) || pool)
+        else {
             return;
         };
+        let strict = slot.modern() && slot.http;
         let Ok(Value::Object(page)) = r else {
             return;
         };
@@ -1970,13 +1989,17 @@ impl Relay {
                     slot.params.insert(name.to_string(), b);
                     true
                 }
-                Err(why) => {
+                Err(why) if strict => {
                     log!(
                         "[{}] target {}: tool {name:?} left out: {why}",
                         short_id(&s.id),
                         slot.name
                     );
                     false
+                }
+                Err(_) => {
+                    slot.params.remove(name);
+                    true
                 }
             }
         });
@@ -2388,13 +2411,21 @@ impl Relay {
             None => !modern_target,
             Some(_) => result.starts_with('{') && (!typed || modern_target),
         };
-        // A modern HTTP target's tool list is read for its parameter headers (general path).
-        let learns = modern_target && s.targets.get(t).is_some_and(|x| x.http);
+        // A tool list is read for its parameter headers (general path) from a modern HTTP
+        // target (its calls carry them), and in a pool from a target with marks (a stateless
+        // client's headers are checked by them); the scan only runs for a pool's lists.
+        let learns = |c: &Call| {
+            c.method == "tools/list"
+                && s.targets.get(t).is_some_and(|x| {
+                    (x.modern() && x.http)
+                        || (s.pool && (!x.params.is_empty() || result.contains("x-mcp-header")))
+                })
+        };
         // Lists that mcpAuthorization filters take the general path too.
         let filtered = s.rules().is_some();
         let plain = |c: &Call| {
             splice(c)
-                && !(learns && c.method == "tools/list")
+                && !learns(c)
                 && !(filtered && aggregate::list_shape(&c.method).is_some())
                 && c.kind == CallKind::Forward
                 && c.parts.len() == 1
@@ -2765,6 +2796,28 @@ fn modern_fields(method: &str) -> &'static str {
         true => r#""resultType":"complete","ttlMs":0,"cacheScope":"private""#,
         false => r#""resultType":"complete""#,
     }
+}
+
+/// A stateless `tools/call` whose `Mcp-Param-*` headers disagree with its arguments, by the
+/// `x-mcp-header` marks its target listed for the tool: why (answered `-32020`, HTTP 400).
+fn param_mismatch(
+    s: &Session,
+    t: usize,
+    method: &str,
+    params: Option<&Value>,
+    modern: Option<&Modern>,
+) -> Option<String> {
+    let (Some(m), Some(slot)) = (modern, s.targets.get(t)) else {
+        return None;
+    };
+    // Most targets mark nothing: no lookup then.
+    if method != "tools/call" || slot.params.is_empty() {
+        return None;
+    }
+    let params = params?;
+    let marks = slot.params.get(params.get("name")?.as_str()?)?;
+    let args = params.get("arguments").unwrap_or(&Value::Null);
+    super::params::check(marks, args, &m.param_headers).err()
 }
 
 /// Adds `modern_fields` to a result object that lacks them.

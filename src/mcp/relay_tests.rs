@@ -618,6 +618,7 @@ fn modern_ctx() -> Modern {
         capabilities: json!({}),
         name: Default::default(),
         state: None,
+        param_headers: Vec::new(),
         input: Vec::new(),
         client_info: None,
         missing: Vec::new(),

@@ -52,8 +52,10 @@ pub struct TargetSlot {
     pub http: bool,
     /// The probe was already repeated once (after a `-32022`).
     pub reprobed: bool,
-    /// A modern HTTP target's tools whose arguments travel as `Mcp-Param-*` headers too (from
-    /// the `x-mcp-header` marks in its last `tools/list`), by the target's own tool name.
+    /// The tools whose arguments travel as `Mcp-Param-*` headers too (from the `x-mcp-header`
+    /// marks in the target's last `tools/list`), by the target's own tool name: a modern HTTP
+    /// target's (its calls carry them), and in a pool any target's (a stateless client's
+    /// headers are checked by them).
     pub params: HashMap<String, Vec<super::params::Binding>>,
     /// A modern target's change notifications: the id of the gateway's own
     /// `subscriptions/listen` to it while that is open.
@@ -104,6 +106,8 @@ pub struct Modern {
     pub name: String,
     /// The request's `requestState`, when it carries one (a retry after an input round).
     pub state: Option<String>,
+    /// Its `Mcp-Param-*` headers: (name after the prefix, in lower case; value decoded).
+    pub param_headers: Vec<(String, String)>,
     /// A round in progress: the server's requests the client is asked, each under its input
     /// key, with its target, the server's own request id and the request itself
     /// (`{method, params}`). Empty when no round is open.

@@ -818,6 +818,17 @@ fn tool_catalog() -> Vec<Value> {
             string_argument("message", "Text to echo"),
         ),
         tool(
+            "echo_region",
+            "Echoes the region; a 2026-07-28 client sends it as the Mcp-Param-Region header too",
+            json!({
+                "type": "object",
+                "properties": {
+                    "region": { "type": "string", "x-mcp-header": "Region" },
+                },
+                "required": ["region"],
+            }),
+        ),
+        tool(
             "add",
             "Adds two numbers",
             json!({
@@ -1068,6 +1079,10 @@ fn unknown_tool(name: &str) -> RpcError {
 fn run_tool(ctx: &Ctx, name: &str, args: &Value) -> Result<Value, RpcError> {
     match name {
         "echo" => Ok(tool_text(required_str(args, "message")?)),
+        "echo_region" => Ok(tool_text(&format!(
+            "region: {}",
+            required_str(args, "region")?
+        ))),
         "add" => add_tool(args),
         "slow" => slow_tool(ctx, args),
         "fail" => Ok(tool_error("the fail tool always fails")),

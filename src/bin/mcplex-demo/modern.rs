@@ -120,6 +120,11 @@ fn envelope(
             if header.as_deref() != Some(name.as_str()) {
                 return mismatch("Mcp-Name");
             }
+            if method == "tools/call" {
+                if let Some(header) = param_mismatch(name, params.get("arguments"), request) {
+                    return mismatch(&header);
+                }
+            }
         }
     }
     if version != MODERN_VERSION {
@@ -143,6 +148,34 @@ fn envelope(
         capabilities: capabilities.clone(),
         log_level,
     })
+}
+
+/// The first `Mcp-Param-*` header of a call to `tool` that disagrees with its arguments, by
+/// the `x-mcp-header` marks on the tool's top-level properties: present with a value the
+/// argument does not have, or missing while the argument is given.
+fn param_mismatch(tool: &str, args: Option<&Value>, request: &HttpRequest) -> Option<String> {
+    let catalog = super::tool_catalog();
+    let schema = catalog
+        .iter()
+        .find(|t| t["name"] == tool)
+        .map(|t| &t["inputSchema"]);
+    let properties = schema.and_then(|s| s["properties"].as_object())?;
+    for (property, spec) in properties {
+        let Some(mark) = spec["x-mcp-header"].as_str() else {
+            continue;
+        };
+        let header = format!("Mcp-Param-{mark}");
+        let want = match args.and_then(|a| a.get(property)) {
+            Some(Value::String(s)) => s.clone(),
+            Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
+            _ => continue,
+        };
+        let given = request.header(&header).map(decode_header_value);
+        if given.as_deref() != Some(want.as_str()) {
+            return Some(header);
+        }
+    }
+    None
 }
 
 /// What 2026-07-28 serves; `initialize`, `ping`, `logging/setLevel` and the resource
@@ -517,6 +550,8 @@ fn decode_header_value(value: &str) -> String {
     value
         .strip_prefix("=?base64?")
         .and_then(|rest| rest.strip_suffix("?="))
+        // Whole, padded quanta only; anything else is taken literally (and so mismatches).
+        .filter(|b64| b64.len() % 4 == 0 && b64.len() - b64.trim_end_matches('=').len() <= 2)
         .and_then(|b64| base64_decode(b64, STANDARD))
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .unwrap_or_else(|| value.to_string())
