@@ -145,10 +145,7 @@ pub fn take(
 /// A request's `Mcp-Param-*` headers: (the name after the prefix, in lower case; the value
 /// decoded). Checked against the tool's `x-mcp-header` marks once the call is routed.
 pub fn param_headers(req: &Request) -> Vec<(String, String)> {
-    let named = req
-        .headers()
-        .filter_map(|(n, v)| Some((n.strip_prefix("mcp-param-")?, v)));
-    named
+    (req.headers_prefixed("mcp-param-"))
         .map(|(n, v)| (n.to_string(), decode_header_value(v).into_owned()))
         .collect()
 }

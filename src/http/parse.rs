@@ -110,6 +110,25 @@ impl Request {
             .map(|span| self.field(span).1)
     }
 
+    /// The fields whose names start with `prefix` (in lower case): (the rest of the name,
+    /// the value). Names are passed over by length and bytes, unsliced.
+    pub fn headers_prefixed<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let bytes = self.fields.as_bytes();
+        self.spans
+            .iter()
+            .copied()
+            .filter(move |&(s, n, _)| {
+                (n - s) as usize > prefix.len()
+                    && bytes
+                        .get(s as usize..)
+                        .is_some_and(|b| b.starts_with(prefix.as_bytes()))
+            })
+            .map(move |(s, n, e)| self.field((s + prefix.len() as u32, n, e)))
+    }
+
     /// The first value of a header field (name in lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
         let span = self
@@ -321,6 +340,26 @@ mod tests {
         let (r2, n2) = complete(&input[n..]);
         assert_eq!((r2.method.as_str(), r2.body.len()), ("GET", 0));
         assert_eq!(n + n2, input.len());
+    }
+
+    #[test]
+    fn fields_are_found_by_name_and_by_prefix() {
+        let input = b"GET / HTTP/1.1\r\nMCP-Param-Region:  eu \r\nAccept: a\r\naccept: b, c\r\nMcp-Param-: x\r\nmcp-param-n: 7\r\n\r\n";
+        let (r, _) = complete(input);
+        assert_eq!(r.header("accept"), Some("a"));
+        assert_eq!(
+            r.header("Accept"),
+            None,
+            "names are looked up in lower case"
+        );
+        assert_eq!(
+            r.header_values("accept").collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        let params: Vec<_> = r.headers_prefixed("mcp-param-").collect();
+        assert_eq!(params, [("region", "eu"), ("n", "7")]);
+        assert_eq!(r.headers().count(), 5);
+        assert_eq!(r.headers().next(), Some(("mcp-param-region", "eu")));
     }
 
     #[test]

@@ -890,7 +890,6 @@ impl Relay {
         let token = self.signer.sign(resume, expires, &binding);
         call.deadline = Instant::now() + ttl;
         let client_id = call.client_id.clone();
-        s.by_client_id.remove(&jsonrpc::id_key(&client_id));
         let result = json!({
             "resultType": "input_required",
             "inputRequests": requests,
@@ -943,7 +942,6 @@ impl Relay {
         call.conn = Some(conn);
         call.client_id = id.clone();
         call.modern = Some(modern);
-        s.by_client_id.insert(jsonrpc::id_key(&id), cid);
         let responses = msg.at("/params/inputResponses");
         let mut missing = Vec::new();
         for input in asked {
@@ -1717,7 +1715,11 @@ impl Relay {
             call_parts.push((t, uid, None));
         }
         let remaining = call_parts.len();
-        s.by_client_id.insert(jsonrpc::id_key(&client_id), cid);
+        // A stateless client cancels by closing its stream, never by id (and ids from
+        // different clients meet in one pool): only a session's calls are found by theirs.
+        if modern.is_none() {
+            s.by_client_id.insert(jsonrpc::id_key(&client_id), cid);
+        }
         s.calls.insert(
             cid,
             Call {
@@ -1803,7 +1805,7 @@ impl Relay {
         let Some(call) = s.calls.remove(&cid) else {
             return;
         };
-        s.by_client_id.remove(&jsonrpc::id_key(&call.client_id));
+        s.forget_client_id(&call);
         let mut notes = Vec::new();
         for (t, uid, r) in &call.parts {
             s.upstream.remove(uid);

@@ -199,7 +199,8 @@ pub struct Session {
     pub calls: IdMap<u64, Call>,
     /// Upstream request id -> call id. Ids are unique within the session across targets.
     pub upstream: IdMap<u64, u64>,
-    /// Client request id key (`jsonrpc::id_key`) -> call id, for cancellation.
+    /// Client request id key (`jsonrpc::id_key`) -> call id, for cancellation (a legacy
+    /// session's calls only).
     pub by_client_id: HashMap<String, u64>,
     /// Id given to the client for a server-to-client request -> (target, the target's own id).
     pub server_requests: IdMap<u64, (usize, Value)>,
@@ -335,12 +336,19 @@ impl Session {
         id
     }
 
+    /// Drops a session call's entry in `by_client_id` (a stateless call has none).
+    pub fn forget_client_id(&mut self, call: &Call) {
+        if call.modern.is_none() {
+            self.by_client_id
+                .remove(&crate::jsonrpc::id_key(&call.client_id));
+        }
+    }
+
     /// Ends a call: forgets it and its client id, and returns it with its metrics label (its
     /// one target for a forwarded call, the backend as a whole otherwise).
     pub fn take_call(&mut self, cid: u64) -> Option<(Call, u16)> {
         let call = self.calls.remove(&cid)?;
-        self.by_client_id
-            .remove(&crate::jsonrpc::id_key(&call.client_id));
+        self.forget_client_id(&call);
         let label = match (call.kind == CallKind::Forward, call.parts.first()) {
             (true, Some((t, _, _))) => self.targets.get(*t).map_or(self.metric_all, |x| x.metric),
             _ => self.metric_all,
