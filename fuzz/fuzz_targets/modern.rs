@@ -37,7 +37,8 @@ fuzz_target!(|data: &[u8]| {
                     let key = modern::name_param(method).unwrap_or("");
                     let named = msg.get("params").and_then(|p| p.get(key));
                     let subject = (method, named.and_then(|n| n.as_str()));
-                    let _ = modern::take(&req, msg, subject, lifted.clone());
+                    let stated = modern::stated(&req);
+                    let _ = modern::take(&stated, msg, subject, lifted.clone());
                 }
                 // Put back, the envelope gives what a plain parse gives.
                 lifted.restore(msg);

@@ -284,6 +284,17 @@ mod tests {
         ] {
             round_trip(text);
         }
+        // Keys a plain parse refuses are refused here too, wherever they sit.
+        for bad in [
+            &b"{\"a\x01\":1}"[..],
+            b"{\"params\":{\"_meta\":{\"io.modelcontextprotocol/x\x02\":1}}}",
+            b"{\"params\":{\"\\ud800\":1}}",
+            b"{\"params\":{\"\xff\":1}}",
+        ] {
+            assert!(serde_json::from_slice::<Value>(bad).is_err());
+            assert!(parse_body(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        round_trip(r#"{"params":{"k\u00e9\n":1,"_meta":{"io.modelcontextprotocol/\u00e9":2}}}"#);
         assert!(parse_body(b"{\"a\":1} x").is_err());
         assert!(parse_body(b"[]").is_err());
         assert!(parse_body(b"{\"params\":{\"_meta\":{").is_err());

@@ -77,7 +77,7 @@ pub fn name_param(method: &str) -> Option<&'static str> {
 /// gets it rebuilt). `subject`: the request's method and the parameter `Mcp-Name` mirrors.
 /// Err: the 400 to answer with.
 pub fn take(
-    req: &Request,
+    stated: &Stated<'_>,
     msg: &Value,
     (method, named): (&str, Option<&str>),
     lifted: Lifted,
@@ -113,14 +113,14 @@ pub fn take(
         let why = format!("the {what} header does not match the request body");
         Err(refuse(msg, jsonrpc::HEADER_MISMATCH, &why, None))
     };
-    if req.header("mcp-protocol-version") != Some(version.as_str()) {
+    if stated.version != Some(version.as_str()) {
         return mismatch("MCP-Protocol-Version");
     }
-    if req.header("mcp-method") != Some(method) {
+    if stated.method != Some(method) {
         return mismatch("Mcp-Method");
     }
     if let Some(body) = named {
-        let header = req.header("mcp-name").map(decode_header_value);
+        let header = stated.name.map(decode_header_value);
         if header.as_deref() != Some(body) {
             return mismatch("Mcp-Name");
         }
@@ -142,12 +142,34 @@ pub fn take(
     })
 }
 
-/// A request's `Mcp-Param-*` headers: (the name after the prefix, in lower case; the value
-/// decoded). Checked against the tool's `x-mcp-header` marks once the call is routed.
-pub fn param_headers(req: &Request) -> Vec<(String, String)> {
-    (req.headers_prefixed("mcp-param-"))
-        .map(|(n, v)| (n.to_string(), decode_header_value(v).into_owned()))
-        .collect()
+/// A request's MCP headers, read in one pass over its fields (the first of each name).
+#[derive(Debug, Default)]
+pub struct Stated<'a> {
+    pub version: Option<&'a str>,
+    pub method: Option<&'a str>,
+    pub name: Option<&'a str>,
+    /// `Mcp-Param-*`: (the name after the prefix, in lower case; the value decoded), checked
+    /// against the tool's `x-mcp-header` marks once the call is routed.
+    pub params: Vec<(String, String)>,
+}
+
+pub fn stated(req: &Request) -> Stated<'_> {
+    let mut s = Stated::default();
+    for (rest, v) in req.headers_prefixed("mcp-") {
+        match rest {
+            "protocol-version" => _ = s.version.get_or_insert(v),
+            "method" => _ = s.method.get_or_insert(v),
+            "name" => _ = s.name.get_or_insert(v),
+            _ => match rest.strip_prefix("param-") {
+                Some(p) if !p.is_empty() => {
+                    s.params
+                        .push((p.to_string(), decode_header_value(v).into_owned()));
+                }
+                _ => {}
+            },
+        }
+    }
+    s
 }
 
 /// A header value as the revision encodes non-ASCII ones: `=?base64?<base64>?=`, else as it
@@ -223,7 +245,7 @@ mod tests {
             &call(MODERN_VERSION, json!({META_LOG_LEVEL: "info"})),
         );
         assert!(is_modern(&req, &msg, &lifted));
-        let env = take(&req, &msg, subject(&msg), lifted).expect("valid");
+        let env = take(&stated(&req), &msg, subject(&msg), lifted).expect("valid");
         assert_eq!(env.version, MODERN_VERSION);
         assert_eq!(env.log_level.as_deref(), Some("info"));
     }
@@ -235,7 +257,7 @@ mod tests {
         let (req, msg, lifted) = post(HEADERS, &bare);
         assert!(is_modern(&req, &msg, &lifted));
         assert_eq!(
-            code(take(&req, &msg, subject(&msg), lifted)),
+            code(take(&stated(&req), &msg, subject(&msg), lifted)),
             (400, jsonrpc::INVALID_PARAMS)
         );
         // Headers that disagree with the body.
@@ -244,19 +266,19 @@ mod tests {
             &call(MODERN_VERSION, json!({})),
         );
         assert_eq!(
-            code(take(&req, &msg, subject(&msg), lifted)),
+            code(take(&stated(&req), &msg, subject(&msg), lifted)),
             (400, jsonrpc::HEADER_MISMATCH)
         );
         let wrong_name = HEADERS.replace("Mcp-Name: echo", "Mcp-Name: other");
         let (req, msg, lifted) = post(&wrong_name, &call(MODERN_VERSION, json!({})));
         assert_eq!(
-            code(take(&req, &msg, subject(&msg), lifted)),
+            code(take(&stated(&req), &msg, subject(&msg), lifted)),
             (400, jsonrpc::HEADER_MISMATCH)
         );
         // An unknown version, stated consistently: -32022 with the supported list.
         let future = HEADERS.replace("2026-07-28", "2027-01-01");
         let (req, msg, lifted) = post(&future, &call("2027-01-01", json!({})));
-        let r = take(&req, &msg, subject(&msg), lifted).expect_err("refused");
+        let r = take(&stated(&req), &msg, subject(&msg), lifted).expect_err("refused");
         let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
         assert_eq!(body["error"]["code"], jsonrpc::UNSUPPORTED_VERSION);
         assert_eq!(body["error"]["data"]["requested"], "2027-01-01");
@@ -276,6 +298,18 @@ mod tests {
         let list = json!({"jsonrpc":"2.0","id":1,"method":"tools/list"});
         let (req, msg, lifted) = post("MCP-Protocol-Version: 2025-11-25\r\n", &list);
         assert!(!is_modern(&req, &msg, &lifted));
+    }
+
+    #[test]
+    fn the_mcp_headers_are_read_in_one_pass() {
+        let headers = "mcp-method: tools/call\r\nMCP-Method: other\r\nMcp-Param-Region: =?base64?SGVsbG8=?=\r\nMcp-Param-: x\r\nMcp-Name: echo\r\n";
+        let (req, _, _) = post(headers, &json!({"jsonrpc": "2.0", "id": 1, "method": "m"}));
+        let s = stated(&req);
+        assert_eq!(
+            (s.version, s.method, s.name),
+            (None, Some("tools/call"), Some("echo"))
+        );
+        assert_eq!(s.params, [("region".to_string(), "Hello".to_string())]);
     }
 
     #[test]

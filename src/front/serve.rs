@@ -301,7 +301,8 @@ fn modern_post(
     let named = modern::name_param(method)
         .and_then(|k| params?.get(k))
         .and_then(Value::as_str);
-    let envelope = match modern::take(req, &msg, (method, named), lifted) {
+    let mut stated = modern::stated(req);
+    let envelope = match modern::take(&stated, &msg, (method, named), lifted) {
         Ok(e) => e,
         Err(r) => return respond(c, r, keep),
     };
@@ -344,7 +345,7 @@ fn modern_post(
         state: param("requestState")
             .and_then(Value::as_str)
             .map(str::to_string),
-        param_headers: modern::param_headers(req),
+        param_headers: std::mem::take(&mut stated.params),
         principal: who,
     };
     relay.modern_request(sk, id, msg, modern);
