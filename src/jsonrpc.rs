@@ -148,13 +148,6 @@ pub struct Body {
     pub batch: bool,
 }
 
-/// Parses an HTTP body into JSON-RPC messages. Errors carry the JSON-RPC error to answer with.
-pub fn parse_body(bytes: &[u8]) -> Result<Body, Value> {
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| error(Value::Null, PARSE_ERROR, &format!("Parse error: {e}")))?;
-    body(v)
-}
-
 /// A parsed body as messages: one object, or a batch (a non-empty array).
 pub fn body(v: Value) -> Result<Body, Value> {
     match v {
@@ -340,17 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_bodies() {
-        assert!(!parse_body(br#"{"jsonrpc":"2.0","method":"x"}"#)
-            .map(|b| b.batch)
-            .unwrap_or(true));
-        assert_eq!(parse_body(b"[1,2]").map(|b| b.messages.len()).ok(), Some(2));
-        let e = parse_body(b"{oops").err().unwrap_or_default();
-        assert_eq!(e["error"]["code"], PARSE_ERROR);
-        assert_eq!(
-            parse_body(b"[]").err().unwrap_or_default()["error"]["code"],
-            INVALID_REQUEST
-        );
+    fn id_keys_tell_strings_from_numbers() {
         assert_ne!(id_key(&json!(1)), id_key(&json!("1")));
     }
 }

@@ -5,6 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use mcplex::front::envelope;
 use mcplex::jsonrpc::{self, Kind};
 use mcplex::mcp::route::{Dest, Naming, Space};
 use serde_json::Value;
@@ -20,9 +21,13 @@ fuzz_target!(|data: &[u8]| {
         let result: Value = serde_json::from_str(a.result.get()).expect("result is JSON");
         assert_eq!(v.get("result"), Some(&result));
     }
-    let Ok(body) = jsonrpc::parse_body(data) else {
+    // Parsed as a POST body is, its envelope put back: what a plain parse gives.
+    let Ok((mut body, lifted)) = envelope::parse_body(data) else {
         return;
     };
+    if let [one] = body.messages.as_mut_slice() {
+        lifted.restore(one);
+    }
     assert!(!body.messages.is_empty());
     assert!(body.batch || body.messages.len() == 1);
     let two = Naming::new(vec!["demo".into(), "everything".into()], true);

@@ -55,7 +55,8 @@ impl Lifted {
 }
 
 /// Parses an HTTP body into JSON-RPC messages; a single message's envelope is lifted out.
-/// Errors carry the JSON-RPC error to answer with (as `jsonrpc::parse_body`'s).
+/// Errors carry the JSON-RPC error to answer with: -32700 for bad JSON, -32600 for an
+/// empty batch.
 pub fn parse_body(bytes: &[u8]) -> Result<(Body, Lifted), Value> {
     let mut lifted = Lifted::default();
     let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -162,13 +163,7 @@ impl<'de> Visitor<'de> for Lift<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let (level, into) = (self.level, self.into);
-        if level == Level::Meta {
-            // A repeated `_meta` replaces the first, as it would in a plain parse.
-            *into = Lifted {
-                meta: true,
-                ..Lifted::default()
-            };
-        }
+        into.meta |= level == Level::Meta;
         let mut out = Map::new();
         while let Some(Key(k)) = map.next_key::<Key>()? {
             let next = match (level, &*k) {
@@ -192,22 +187,19 @@ impl<'de> Visitor<'de> for Lift<'_> {
             };
             let v = match next {
                 Level::Inner => map.next_value::<Value>()?,
-                _ => map.next_value_seed(Lift {
-                    level: next,
-                    into: &mut *into,
-                })?,
-            };
-            if next == Level::Meta {
-                match v.as_object() {
-                    // A `_meta` that held only the envelope is left out; `restore` brings it back.
-                    Some(m) if m.is_empty() => {
-                        out.remove("_meta");
-                        continue;
-                    }
-                    Some(_) => {}
-                    // Not an object (a repeated `_meta` replaces the first): no envelope.
-                    None => *into = Lifted::default(),
+                _ => {
+                    // A repeated `params` or `_meta` replaces the first, as in a plain parse.
+                    *into = Lifted::default();
+                    map.next_value_seed(Lift {
+                        level: next,
+                        into: &mut *into,
+                    })?
                 }
+            };
+            // A `_meta` that held only the envelope is left out; `restore` brings it back.
+            if next == Level::Meta && v.as_object().is_some_and(Map::is_empty) {
+                out.remove("_meta");
+                continue;
             }
             out.insert(k.into_owned(), v);
         }
@@ -281,6 +273,8 @@ mod tests {
             r#"{"id":1,"params":{"_meta":{"io.modelcontextprotocol/protocolVersion":1},"_meta":{"a":2}}}"#,
             r#"{"id":1,"params":{"_meta":{"io.model\u0063ontextprotocol/protocolVersion":"x"}}}"#,
             r#"{"id":-5,"params":{"big":18446744073709551615,"f":-1e300,"s":"\ud83d\ude00"}}"#,
+            r#"{"params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"x"}},"params":{}}"#,
+            r#"{"params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"x"}},"params":[]}"#,
         ] {
             round_trip(text);
         }
@@ -296,7 +290,15 @@ mod tests {
         }
         round_trip(r#"{"params":{"k\u00e9\n":1,"_meta":{"io.modelcontextprotocol/\u00e9":2}}}"#);
         assert!(parse_body(b"{\"a\":1} x").is_err());
-        assert!(parse_body(b"[]").is_err());
+        let code = |b: &[u8]| parse_body(b).err().unwrap_or_default()["error"]["code"].clone();
+        assert_eq!(code(b"{oops"), jsonrpc::PARSE_ERROR);
+        assert_eq!(code(b"[]"), jsonrpc::INVALID_REQUEST);
+        let batch = |b: &[u8]| parse_body(b).map(|(b, _)| (b.batch, b.messages.len())).ok();
+        assert_eq!(
+            batch(br#"{"jsonrpc":"2.0","method":"x"}"#),
+            Some((false, 1))
+        );
+        assert_eq!(batch(b"[1,2]"), Some((true, 2)));
         assert!(parse_body(b"{\"params\":{\"_meta\":{").is_err());
     }
 }

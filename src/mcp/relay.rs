@@ -1354,9 +1354,6 @@ impl Relay {
                 self.reply(Some(conn), jsonrpc::result(client_id.clone(), empty))
             }
             Ok(Dest::One(t, p)) => {
-                if let Some(why) = param_mismatch(s, t, &method, p.as_ref(), modern.as_ref()) {
-                    return refuse(self, jsonrpc::HEADER_MISMATCH, &why);
-                }
                 let principal = caller(modern.as_ref(), s);
                 let stateless = modern.is_some();
                 if let Some((code, why)) =
@@ -1369,6 +1366,11 @@ impl Relay {
                         principal.map_or("an anonymous client", |p| &**p.key())
                     );
                     return refuse(self, code, &why);
+                }
+                // After authorization: a tool the caller may not use answers as a missing one,
+                // whatever its headers.
+                if let Some(why) = param_mismatch(s, t, &method, p.as_ref(), modern.as_ref()) {
+                    return refuse(self, jsonrpc::HEADER_MISMATCH, &why);
                 }
                 if crate::log::access_log() != crate::log::AccessLog::Off {
                     let target = s.naming.targets.get(t).cloned().unwrap_or_default();

@@ -150,20 +150,30 @@ fn envelope(
     })
 }
 
+/// The `x-mcp-header` marks on the catalog's top-level tool properties, read once:
+/// (tool, property, header name).
+fn marks() -> &'static [(String, String, String)] {
+    static MARKS: OnceLock<Vec<(String, String, String)>> = OnceLock::new();
+    MARKS.get_or_init(|| {
+        let mut out = Vec::new();
+        for tool in super::tool_catalog() {
+            let name = tool["name"].as_str().unwrap_or("");
+            let properties = tool["inputSchema"]["properties"].as_object();
+            for (property, spec) in properties.into_iter().flatten() {
+                if let Some(mark) = spec["x-mcp-header"].as_str() {
+                    out.push((name.to_string(), property.clone(), mark.to_string()));
+                }
+            }
+        }
+        out
+    })
+}
+
 /// The first `Mcp-Param-*` header of a call to `tool` that disagrees with its arguments, by
-/// the `x-mcp-header` marks on the tool's top-level properties: present with a value the
-/// argument does not have, or missing while the argument is given.
+/// its marks: present with a value the argument does not have, or missing while the
+/// argument is given.
 fn param_mismatch(tool: &str, args: Option<&Value>, request: &HttpRequest) -> Option<String> {
-    let catalog = super::tool_catalog();
-    let schema = catalog
-        .iter()
-        .find(|t| t["name"] == tool)
-        .map(|t| &t["inputSchema"]);
-    let properties = schema.and_then(|s| s["properties"].as_object())?;
-    for (property, spec) in properties {
-        let Some(mark) = spec["x-mcp-header"].as_str() else {
-            continue;
-        };
+    for (_, property, mark) in marks().iter().filter(|(t, _, _)| t == tool) {
         let header = format!("Mcp-Param-{mark}");
         let want = match args.and_then(|a| a.get(property)) {
             Some(Value::String(s)) => s.clone(),
